@@ -1,0 +1,162 @@
+"""The proof: ``jax.eval_shape`` of the real Flax ``init`` and ``apply`` against the formulas.
+
+Nothing is computed and nothing is allocated: parameters and activations are
+``jax.ShapeDtypeStruct`` values. The batch axis is a symbolic dimension (``jax.export``), so the
+proof holds for every batch size, which is what the ``None`` of a printed shape claims. Both the
+inference path and the training path (dropout on, batch statistics updated) are traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import export
+
+from jaxcnn.compile import build_module
+from jaxcnn.errors import ShapeMismatchError
+from jaxcnn.model import LayerPlan, Sequential
+
+__all__ = ["CheckResult", "LayerProof", "check", "abstract_variables"]
+
+PARAM_DTYPE = jnp.float32
+TRAINABLE = "params"
+NON_TRAINABLE = "batch_stats"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerProof:
+    """One layer's formulas and what ``jax.eval_shape`` derived for it (batch axis symbolic)."""
+
+    plan: LayerPlan
+    output: jax.ShapeDtypeStruct
+    variables: Mapping[str, Mapping[str, jax.ShapeDtypeStruct]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """The model's proof: every layer's shapes agreed with its formulas.
+
+    ``variables`` is the abstract variable tree (``ShapeDtypeStruct`` leaves), as ``init`` would
+    return it.
+    """
+
+    model_name: str
+    input_shape: tuple[int, ...]
+    layers: tuple[LayerProof, ...]
+    variables: Mapping[str, Any]
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.plan.params for p in self.layers)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.plan.trainable_params for p in self.layers)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return sum(p.plan.non_trainable_params for p in self.layers)
+
+
+def _batch_dim(batch_size: int | None) -> Any:
+    if batch_size is not None:
+        return batch_size
+    (dim,) = export.symbolic_shape("batch")
+    return dim
+
+
+def _show(shape: tuple[Any, ...], batch: Any) -> str:
+    dims = ["None" if d is batch else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ...]:
+    """``(variables, eval outputs, train outputs, updated batch_stats)`` as ``ShapeDtypeStruct``
+    trees, from ``jax.eval_shape`` of the model's Flax ``init`` and ``apply``.
+
+    ``batch`` is an int or a symbolic dimension; ``None`` makes a symbolic one."""
+    module = build_module(model)
+    if batch is None:
+        batch = _batch_dim(None)
+    images = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
+
+    def trace(x: jax.Array) -> tuple[Any, ...]:
+        params_key, dropout_key = jax.random.split(jax.random.key(0))
+        variables = module.init({"params": params_key}, x)
+        eval_outputs = module.apply(variables, x, capture=True)
+        train_outputs, updates = module.apply(
+            variables, x, train=True, capture=True,
+            rngs={"dropout": dropout_key}, mutable=[NON_TRAINABLE],
+        )
+        return variables, eval_outputs, train_outputs, updates
+
+    return jax.eval_shape(trace, images)
+
+
+def _tree_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in sorted(tree.items())}
+
+
+def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
+    """Prove ``model``'s shapes: formulas against ``jax.eval_shape`` of its Flax code, layer by layer.
+
+    Args:
+      model: the model to prove.
+      batch_size: a concrete batch size to trace with; ``None`` (the default) traces a symbolic
+        batch dimension, proving the shapes for every batch size.
+
+    Returns:
+      the :class:`CheckResult`, with every layer's proven output and variables.
+
+    Raises:
+      ImpossibleShapeError: a layer cannot take its input (from the formulas, before tracing).
+      ShapeMismatchError: ``eval_shape`` and a formula disagree; the message names the layer
+        (index, name, type), the formula and both values.
+    """
+    plan = model.plan()  # impossible layers are refused here, before any tracing
+    batch = _batch_dim(batch_size)
+    variables, eval_outputs, train_outputs, updates = abstract_variables(model, batch=batch)
+
+    names = {p.name for p in plan}
+    for collection, tree in variables.items():
+        if collection not in (TRAINABLE, NON_TRAINABLE):
+            raise ShapeMismatchError(f"init created an unexpected variable collection {collection!r}")
+        for extra in set(tree) - names:
+            raise ShapeMismatchError(f"init created variables for {extra!r}, which is not a layer")
+
+    proofs = []
+    for p in plan:
+        formula = p.formula()
+        want_out = (batch, *p.output_shape)
+        for path, outputs in (("inference", eval_outputs), ("training", train_outputs)):
+            got = outputs[p.index]
+            if tuple(got.shape) != want_out or got.dtype != jnp.float32:
+                raise ShapeMismatchError(
+                    f"output shape ({path}): jax.eval_shape gives {_show(tuple(got.shape), batch)} "
+                    f"{got.dtype}, the formula gives {_show(want_out, batch)} float32; "
+                    f"formula: {formula.output}",
+                    index=p.index, layer_name=p.name, layer_type=p.type)
+        layer_vars = {}
+        for collection in (TRAINABLE, NON_TRAINABLE):
+            got = _tree_shapes(variables.get(collection, {}).get(p.name, {}))
+            want = {name: (tuple(shape), str(jnp.dtype(PARAM_DTYPE)))
+                    for name, shape in sorted(p.param_shapes.get(collection, {}).items())}
+            if got != want:
+                raise ShapeMismatchError(
+                    f"variables in `{collection}`: jax.eval_shape gives {got or 'none'}, the formula "
+                    f"gives {want or 'none'}; formula: {formula.params}",
+                    index=p.index, layer_name=p.name, layer_type=p.type)
+            if got:
+                layer_vars[collection] = variables[collection][p.name]
+        updated = _tree_shapes(updates.get(NON_TRAINABLE, {}).get(p.name, {}))
+        if updated != _tree_shapes(variables.get(NON_TRAINABLE, {}).get(p.name, {})):
+            raise ShapeMismatchError(
+                f"the training step's updated `{NON_TRAINABLE}` {updated} differ from init's",
+                index=p.index, layer_name=p.name, layer_type=p.type)
+        proofs.append(LayerProof(p, eval_outputs[p.index], layer_vars))
+
+    return CheckResult(model.name, model.input_shape, tuple(proofs), variables)

@@ -1,0 +1,101 @@
+"""Errors raised by jaxcnn.
+
+Every error is a :class:`JaxcnnError`. An error about one layer names it the same way
+everywhere: ``layer 3 'conv2d_1' (Conv2D): ...``, prefixed by the file it came from when
+there is one. Context is attached where it becomes known: a layer's constructor knows only
+its type, the model knows the index and name, the config loader knows the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = [
+    "JaxcnnError",
+    "LayerArgumentError",
+    "ImpossibleShapeError",
+    "ShapeMismatchError",
+    "ConfigError",
+    "UnsupportedError",
+]
+
+
+class JaxcnnError(Exception):
+    """Base class of every error jaxcnn raises on purpose.
+
+    Attributes:
+      detail: what went wrong, without the location.
+      source: the file (or other origin) the model came from, if any.
+      index, layer_name, layer_type: the layer concerned, if any.
+      key: the config key concerned, if any.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        source: str | None = None,
+        index: int | None = None,
+        layer_name: str | None = None,
+        layer_type: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.detail = detail
+        self.source = source
+        self.index = index
+        self.layer_name = layer_name
+        self.layer_type = layer_type
+        self.key = key
+        super().__init__(detail)
+
+    def located(self, **context: Any) -> JaxcnnError:
+        """A copy with more context (``source``, ``index``, ``layer_name``, ...); known fields are kept."""
+        new = copy.copy(self)
+        for field, value in context.items():
+            if value is not None and getattr(new, field) is None:
+                setattr(new, field, value)
+        new.args = (str(new),)
+        return new
+
+    def where(self) -> str:
+        parts = []
+        if self.source:
+            parts.append(str(self.source))
+        if self.index is not None or self.layer_name or self.layer_type:
+            layer = "layer"
+            if self.index is not None:
+                layer += f" {self.index}"
+            if self.layer_name:
+                layer += f" '{self.layer_name}'"
+            if self.layer_type:
+                layer += f" ({self.layer_type})" if layer != "layer" else f" {self.layer_type}"
+            parts.append(layer)
+        if self.key:
+            parts.append(f"key `{self.key}`")
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        where = self.where()
+        return f"{where}: {self.detail}" if where else self.detail
+
+
+class LayerArgumentError(JaxcnnError, ValueError):
+    """A layer argument has a wrong type or value (``filters`` (=0) must be a positive integer)."""
+
+
+class ImpossibleShapeError(JaxcnnError, ValueError):
+    """A layer cannot be applied to its input: a window larger than its padded input, a size that
+    reaches zero, an input of the wrong rank."""
+
+
+class ShapeMismatchError(JaxcnnError):
+    """``jax.eval_shape`` of the real Flax code disagrees with a layer's closed-form formula."""
+
+
+class ConfigError(JaxcnnError, ValueError):
+    """A config file (TOML, JSON, Keras JSON) is malformed: a syntax error, an unknown key, a wrong type."""
+
+
+class UnsupportedError(ConfigError):
+    """A Keras layer class or argument that jaxcnn does not support (``data_format="channels_first"``)."""
