@@ -9,7 +9,7 @@ inference path and the training path (dropout on, batch statistics updated) are 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,7 +20,7 @@ from jaxcnn.compile import build_module
 from jaxcnn.errors import ShapeMismatchError
 from jaxcnn.model import LayerPlan, Sequential
 
-__all__ = ["CheckResult", "LayerProof", "check", "abstract_variables"]
+__all__ = ["CheckResult", "LayerProof", "abstract_variables", "check", "check_file"]
 
 PARAM_DTYPE = jnp.float32
 TRAINABLE = "params"
@@ -69,8 +69,9 @@ def _batch_dim(batch_size: int | None) -> Any:
     return dim
 
 
-def _show(shape: tuple[Any, ...], batch: Any) -> str:
-    dims = ["None" if d is batch else str(d) for d in shape]
+def _show(shape: tuple[Any, ...]) -> str:
+    """A shape as Keras prints it: the (symbolic) batch axis as ``None``."""
+    dims = [str(d) if isinstance(d, int) else "None" for d in shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
@@ -136,8 +137,8 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
             got = outputs[p.index]
             if tuple(got.shape) != want_out or got.dtype != jnp.float32:
                 raise ShapeMismatchError(
-                    f"output shape ({path}): jax.eval_shape gives {_show(tuple(got.shape), batch)} "
-                    f"{got.dtype}, the formula gives {_show(want_out, batch)} float32; "
+                    f"output shape ({path}): jax.eval_shape gives {_show(tuple(got.shape))} "
+                    f"{got.dtype}, the formula gives {_show(want_out)} float32; "
                     f"formula: {formula.output}",
                     index=p.index, layer_name=p.name, layer_type=p.type)
         layer_vars = {}
@@ -160,3 +161,13 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
         proofs.append(LayerProof(p, eval_outputs[p.index], layer_vars))
 
     return CheckResult(model.name, model.input_shape, tuple(proofs), variables)
+
+
+def check_file(path: str, *, input_shape: Sequence[int] | None = None) -> CheckResult:
+    """``jaxcnn check PATH``: load a TOML, JSON or Keras JSON file and prove it."""
+    from jaxcnn.config import load
+
+    model = load(path)
+    if input_shape is not None:
+        model = model.with_input_shape(input_shape)
+    return check(model)

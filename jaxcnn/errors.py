@@ -62,15 +62,17 @@ class JaxcnnError(Exception):
         parts = []
         if self.source:
             parts.append(str(self.source))
-        if self.index is not None or self.layer_name or self.layer_type:
+        if self.index is not None or self.layer_name:
             layer = "layer"
             if self.index is not None:
                 layer += f" {self.index}"
             if self.layer_name:
                 layer += f" '{self.layer_name}'"
             if self.layer_type:
-                layer += f" ({self.layer_type})" if layer != "layer" else f" {self.layer_type}"
+                layer += f" ({self.layer_type})"
             parts.append(layer)
+        elif self.layer_type:
+            parts.append(self.layer_type)
         if self.key:
             parts.append(f"key `{self.key}`")
         return ": ".join(parts)

@@ -124,9 +124,7 @@ def snake_case(name: str) -> str:
 
 
 def _fail(layer: str, arg: str, value: Any, expected: str) -> LayerArgumentError:
-    return LayerArgumentError(
-        f"`{arg}` (={value!r}) {expected}", layer_type=layer, key=None
-    )
+    return LayerArgumentError(f"`{arg}` (={value!r}) {expected}", layer_type=layer)
 
 
 def _is_int(value: Any) -> bool:
@@ -140,15 +138,14 @@ def _positive_int(layer: str, arg: str, value: Any) -> int:
 
 
 def _pair(layer: str, arg: str, value: Any) -> tuple[int, int]:
-    if _is_int(value):
-        value = (value, value)
+    pair = (value, value) if _is_int(value) else value
     if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(_is_int(v) and v >= 1 for v in value)
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(_is_int(v) and v >= 1 for v in pair)
     ):
         raise _fail(layer, arg, value, "must be a positive integer or a pair of positive integers")
-    return (value[0], value[1])
+    return (pair[0], pair[1])
 
 
 def _padding(layer: str, value: Any) -> str:
@@ -281,9 +278,6 @@ class Input:
             raise _fail("Input", "shape", None, "is required")
 
 
-LAYER_TYPES: dict[str, type[Layer]] = {}
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Layer:
     """Base of all layer specs. ``name=None`` gets Keras's per-model name (``conv2d_1``);
@@ -293,11 +287,6 @@ class Layer:
     input_shape: Shape | None = None
 
     has_params: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            LAYER_TYPES[cls.__name__] = cls
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -706,15 +695,16 @@ class BatchNormalization(Layer):
         t = self.type
         if self.axis != -1:
             raise _fail(t, "axis", self.axis, "is not supported: jaxcnn normalizes the last (channels) axis, axis=-1")
+        epsilon = _float(t, "epsilon", self.epsilon, 0.0, math.inf)
+        if epsilon <= 0:
+            raise _fail(t, "epsilon", self.epsilon, "must be positive")
         _set(
             self,
             momentum=_float(t, "momentum", self.momentum, 0.0, 1.0),
-            epsilon=_float(t, "epsilon", self.epsilon, 0.0, math.inf),
+            epsilon=epsilon,
             center=_bool(t, "center", self.center),
             scale=_bool(t, "scale", self.scale),
         )
-        if self.epsilon <= 0:
-            raise _fail(t, "epsilon", self.epsilon, "must be positive")
 
     def param_shapes(self, input_shape: Shape) -> ParamShapes:
         c = (input_shape[-1],)
@@ -758,3 +748,11 @@ class BatchNormalization(Layer):
         if self.center:
             y = y + module.param("bias", jax.nn.initializers.zeros, (c,), jnp.float32).astype(x.dtype)
         return y
+
+
+LAYER_TYPES: Mapping[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+                Flatten, Dense, Dropout, Activation, BatchNormalization)
+}
+"""Every layer kind by its Keras class name (for configs and Keras JSON)."""

@@ -116,13 +116,6 @@ class Sequential:
         if not isinstance(layer, Layer):
             raise LayerArgumentError(
                 f"is {layer!r} ({type(layer).__name__}), not a layer from jaxcnn.layers", index=index)
-        if layer.input_shape is not None:
-            if index or self._input_shape is not None:
-                raise LayerArgumentError(
-                    f"`input_shape` (={layer.input_shape}) is only accepted on the first layer",
-                    index=index, layer_name=layer.name, layer_type=layer.type)
-            self._input_shape = layer.input_shape
-            layer = dataclasses.replace(layer, input_shape=None)
         used = {lay.name for lay in self._layers}
         if layer.name is None:
             layer = dataclasses.replace(layer, name=self._fresh_name(type(layer).default_name(), used))
@@ -130,6 +123,13 @@ class Sequential:
             raise LayerArgumentError(
                 f"`name` (={layer.name!r}) is already used by another layer; names must be unique",
                 index=index, layer_name=layer.name, layer_type=layer.type)
+        if layer.input_shape is not None:
+            if index or self._input_shape is not None:
+                raise LayerArgumentError(
+                    f"`input_shape` (={layer.input_shape}) is only accepted on the first layer",
+                    index=index, layer_name=layer.name, layer_type=layer.type)
+            self._input_shape = layer.input_shape
+            layer = dataclasses.replace(layer, input_shape=None)
         self._layers = (*self._layers, layer)
 
     @staticmethod

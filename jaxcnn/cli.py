@@ -1,0 +1,80 @@
+"""The ``jaxcnn`` command. Thin: each subcommand parses its arguments and calls one library function.
+
+Exit status: 0 when the command succeeded (``check``: the proof holds), 1 with the error message
+when it did not, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxcnn.errors import JaxcnnError
+
+__all__ = ["main"]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, such as 224,224,3; got {text!r}")
+    return shape
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    from jaxcnn.summary import COLUMNS
+
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown column {unknown[0]!r}; known: {', '.join(COLUMNS)}")
+    return columns
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxcnn", description="Keras-style CNN layer lists, proved with jax.eval_shape and compiled to Flax.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    summary = sub.add_parser("summary", help="print a model's summary (its shapes proved first)")
+    summary.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")
+    summary.add_argument("--input-shape", type=_shape, metavar="H,W,C", help="override the model's input shape")
+    summary.add_argument("--format", choices=("text", "rich", "json"), default="text")
+    summary.add_argument("--flops", action="store_true", help="add forward FLOPs per layer")
+    summary.add_argument("--columns", type=_columns, default=(), metavar="A,B",
+                         help="more columns: memory, receptive_field, formula")
+
+    check = sub.add_parser("check", help="prove every layer's shapes with jax.eval_shape against the formulas")
+    check.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")
+    check.add_argument("--input-shape", type=_shape, metavar="H,W,C", help="override the model's input shape")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "summary":
+            from jaxcnn.summary import summarize_file
+
+            print(summarize_file(args.path, input_shape=args.input_shape, format=args.format,
+                                 flops=args.flops, columns=args.columns))
+        elif args.command == "check":
+            from jaxcnn.check import check_file
+
+            result = check_file(args.path, input_shape=args.input_shape)
+            print(f"ok: {args.path}: {len(result.layers)} layers of {result.model_name!r} proved with "
+                  f"jax.eval_shape for any batch size; {result.total_params:,} params "
+                  f"({result.trainable_params:,} trainable, {result.non_trainable_params:,} non-trainable)")
+    except JaxcnnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Summaries: the classic Keras text, a rich table like Keras 3's, and JSON for tools.
+
+``summarize(model)`` proves the model first (:func:`jaxcnn.check.check`), so every figure printed
+has been derived twice: by the formulas and by ``jax.eval_shape`` of the Flax code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from jaxcnn.errors import LayerArgumentError
+from jaxcnn.layers import FLOPS_CONVENTION, Formula, Shape
+
+if TYPE_CHECKING:
+    from jaxcnn.model import LayerPlan, Sequential
+
+__all__ = ["COLUMNS", "Row", "Summary", "readable_bytes", "render", "summarize"]
+
+BYTES_PER_PARAM = 4  # float32 parameters
+BYTES_PER_ACTIVATION = 4  # float32 activations
+
+# Optional columns: name -> header.
+COLUMNS = {
+    "flops": "FLOPs",
+    "memory": "Activations",
+    "receptive_field": "Receptive field",
+    "formula": "Formula",
+}
+FORMATS = ("text", "rich", "json")
+
+
+def readable_bytes(n: int) -> str:
+    """Keras's ``readable_memory_size``: ``2112216`` -> ``'2.01 MB'``."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One layer of a summary. ``output_shape`` starts with ``None``, the batch axis."""
+
+    index: int
+    name: str
+    type: str
+    output_shape: tuple[int | None, ...]
+    params: int
+    trainable_params: int
+    non_trainable_params: int
+    param_shapes: dict[str, dict[str, Shape]]
+    flops: int
+    activation_bytes: int
+    receptive_field: tuple[int, int] | None  # None where every output sees the whole input
+    formula: Formula
+
+    def cell(self, column: str) -> str:
+        if column == "flops":
+            return f"{self.flops:,}"
+        if column == "memory":
+            return readable_bytes(self.activation_bytes)
+        if column == "receptive_field":
+            return "global" if self.receptive_field is None else "{}x{}".format(*self.receptive_field)
+        if column == "formula":
+            return f"{self.formula.output} | params: {self.formula.params}"
+        raise KeyError(column)
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """A model's summary; ``str(summary)`` is the classic Keras text."""
+
+    name: str
+    input_shape: tuple[int | None, ...]
+    rows: tuple[Row, ...]
+    proved: bool
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(r.trainable_params for r in self.rows)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return sum(r.non_trainable_params for r in self.rows)
+
+    @property
+    def flops(self) -> int:
+        return sum(r.flops for r in self.rows)
+
+    def text(self, columns: Sequence[str] = ()) -> str:
+        return _text(self, _columns(columns))
+
+    def rich(self, columns: Sequence[str] = ()) -> str:
+        return _rich(self, _columns(columns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "proved_by_eval_shape": self.proved,
+            "layers": [
+                {
+                    "index": r.index,
+                    "name": r.name,
+                    "type": r.type,
+                    "output_shape": list(r.output_shape),
+                    "params": r.params,
+                    "trainable_params": r.trainable_params,
+                    "non_trainable_params": r.non_trainable_params,
+                    "param_shapes": {c: {k: list(v) for k, v in s.items()} for c, s in r.param_shapes.items()},
+                    "param_bytes": r.params * BYTES_PER_PARAM,
+                    "flops": r.flops,
+                    "activation_bytes": r.activation_bytes,
+                    "receptive_field": None if r.receptive_field is None else list(r.receptive_field),
+                    "formula": {"output": r.formula.output, "params": r.formula.params},
+                }
+                for r in self.rows
+            ],
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "total_bytes": self.total_params * BYTES_PER_PARAM,
+            "flops": self.flops,
+            "flops_convention": FLOPS_CONVENTION,
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def _receptive_fields(plan: Sequence[LayerPlan]) -> list[tuple[int, int] | None]:
+    """Per layer, the input window one output position sees (``r += (k - 1) * j``, ``j *= s``)."""
+    out: list[tuple[int, int] | None] = []
+    field, jump, whole = [1, 1], [1, 1], False
+    for p in plan:
+        window = p.layer.window()
+        if p.layer.mixes_positions:
+            whole = True
+        elif window is not None and not whole:
+            (kh, kw), (sh, sw) = window
+            field = [field[0] + (kh - 1) * jump[0], field[1] + (kw - 1) * jump[1]]
+            jump = [jump[0] * sh, jump[1] * sw]
+        out.append(None if whole else (field[0], field[1]))
+    return out
+
+
+def summarize(model: Sequential, *, check: bool = True) -> Summary:
+    """The summary of ``model``; with ``check=True`` (the default) its shapes are proved first
+    with ``jax.eval_shape`` (:func:`jaxcnn.check.check`), else taken from the formulas alone."""
+    if check:
+        from jaxcnn.check import check as prove
+
+        plan = tuple(proof.plan for proof in prove(model).layers)
+    else:
+        plan = model.plan()
+    rows = []
+    for p, field in zip(plan, _receptive_fields(plan)):
+        elements = 1
+        for d in p.output_shape:
+            elements *= d
+        rows.append(Row(
+            index=p.index, name=p.name, type=p.type, output_shape=(None, *p.output_shape),
+            params=p.params, trainable_params=p.trainable_params,
+            non_trainable_params=p.non_trainable_params,
+            param_shapes={c: dict(s) for c, s in p.param_shapes.items()},
+            flops=p.flops(), activation_bytes=elements * BYTES_PER_ACTIVATION,
+            receptive_field=field, formula=p.formula(),
+        ))
+    return Summary(model.name, (None, *model.input_shape), tuple(rows), proved=check)
+
+
+def _columns(columns: Sequence[str]) -> tuple[str, ...]:
+    for c in columns:
+        if c not in COLUMNS:
+            raise LayerArgumentError(f"unknown summary column {c!r}; known: {', '.join(COLUMNS)}")
+    return tuple(dict.fromkeys(columns))
+
+
+def _text(s: Summary, columns: tuple[str, ...]) -> str:
+    """Keras's ``print_summary`` layout (line length 65, columns at .45 and .85), with columns
+    widened to fit their content instead of truncated."""
+    headers = ["Layer (type)", "Output Shape", "Param #", *(COLUMNS[c] for c in columns)]
+    table = [
+        [f"{r.name} ({r.type})", _shape_text(r.output_shape), str(r.params), *(r.cell(c) for c in columns)]
+        for r in s.rows
+    ]
+    widths = [29, 26, 10] + [len(h) + 2 for h in headers[3:]]
+    for line in [headers, *table]:
+        for i, cell in enumerate(line):
+            widths[i] = max(widths[i], len(cell) + 1)
+    length = sum(widths)
+
+    def row(cells: Sequence[str]) -> str:
+        return "".join(cell.ljust(w) for cell, w in zip(cells, widths))
+
+    lines = [f'Model: "{s.name}"', "_" * length, row(headers), "=" * length]
+    for i, cells in enumerate(table):
+        lines.append(row(cells))
+        lines.append("=" * length if i == len(table) - 1 else "_" * length)
+    if not table:
+        lines.append("=" * length)
+    lines += [
+        f"Total params: {s.total_params:,}",
+        f"Trainable params: {s.trainable_params:,}",
+        f"Non-trainable params: {s.non_trainable_params:,}",
+    ]
+    if "flops" in columns:
+        lines.append(f"Forward FLOPs per example: {s.flops:,} ({FLOPS_CONVENTION})")
+    lines.append("_" * length)
+    return "\n".join(lines)
+
+
+def _rich(s: Summary, columns: tuple[str, ...]) -> str:
+    """A table like Keras 3's ``model.summary()``, with byte sizes, rendered to plain text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f'Model: "{s.name}"', title_justify="left")
+    table.add_column("Layer (type)", no_wrap=True)
+    table.add_column("Output Shape", no_wrap=True)
+    table.add_column("Param #", justify="right", no_wrap=True)
+    for c in columns:
+        table.add_column(COLUMNS[c], justify="left" if c == "formula" else "right")
+    for r in s.rows:
+        table.add_row(f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}",
+                      *(r.cell(c) for c in columns))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200 if columns else 100, color_system=None,
+                      force_terminal=False, highlight=False)
+    console.print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    for label, n in (("Total", s.total_params), ("Trainable", s.trainable_params),
+                     ("Non-trainable", s.non_trainable_params)):
+        lines.append(f" {label} params: {n:,} ({readable_bytes(n * BYTES_PER_PARAM)})")
+    if "flops" in columns:
+        lines.append(f" Forward FLOPs per example: {s.flops:,} ({FLOPS_CONVENTION})")
+    return "\n".join(lines)
+
+
+def summarize_file(path: str, *, input_shape: Sequence[int] | None = None, format: str = "text",
+                   flops: bool = False, columns: Sequence[str] = (), check: bool = True) -> str:
+    """``jaxcnn summary PATH``: load a TOML, JSON or Keras JSON file, prove it, render it."""
+    from jaxcnn.config import load
+
+    model = load(path)
+    if input_shape is not None:
+        model = model.with_input_shape(input_shape)
+    return render(summarize(model, check=check), format, flops=flops, columns=columns)
+
+
+def render(summary: Summary, format: str = "text", *, flops: bool = False,
+           columns: Sequence[str] = ()) -> str:
+    """``summary`` as ``"text"`` (Keras's classic layout), ``"rich"`` (Keras 3's table) or
+    ``"json"``. ``flops=True`` adds the FLOPs column; ``columns`` adds any of :data:`COLUMNS`."""
+    if format not in FORMATS:
+        raise LayerArgumentError(f"unknown summary format {format!r}; known: {', '.join(FORMATS)}")
+    cols = ("flops", *columns) if flops else tuple(columns)
+    if format == "json":
+        _columns(cols)
+        return summary.to_json()
+    return summary.text(cols) if format == "text" else summary.rich(cols)

@@ -1,0 +1,252 @@
+"""Layer specs: Keras arguments and defaults, normalization, closed-form formulas, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
+from jaxcnn.layers import (
+    ACTIVATIONS, LAYER_TYPES, Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
+    Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input, MaxPooling2D, snake_case,
+)
+
+
+def test_keras_defaults():
+    conv = Conv2D(16, 3)
+    assert (conv.strides, conv.padding, conv.dilation_rate, conv.activation, conv.use_bias) == (
+        (1, 1), "valid", (1, 1), None, True)
+    assert (conv.kernel_size, conv.kernel_initializer, conv.bias_initializer) == (
+        (3, 3), "glorot_uniform", "zeros")
+    pool = MaxPooling2D()
+    assert (pool.pool_size, pool.strides, pool.padding) == ((2, 2), (2, 2), "valid")
+    assert AveragePooling2D(3).strides == (3, 3)
+    assert AveragePooling2D(3, strides=1).strides == (1, 1)
+    bn = BatchNormalization()
+    assert (bn.momentum, bn.epsilon, bn.center, bn.scale) == (0.99, 0.001, True, True)
+
+
+def test_arguments_are_normalized_and_specs_are_frozen():
+    assert Conv2D(8, [3, 1], strides=[2, 1], padding="SAME", activation="ReLU") == Conv2D(
+        8, (3, 1), strides=(2, 1), padding="same", activation="relu")
+    assert Dense(3, activation="linear") == Dense(3)
+    assert Activation("swish") == Activation("silu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Conv2D(8, 3).filters = 4  # type: ignore[misc]
+
+
+def test_keras_activation_names_are_known():
+    for name in ["relu", "sigmoid", "tanh", "softmax", "linear", "elu", "selu", "gelu", "swish", "silu",
+                 "softplus", "softsign", "leaky_relu", "relu6", "hard_sigmoid", "exponential", "mish"]:
+        Activation(name)
+    x = jnp.array([-1.0, 0.0, 2.0])
+    np.testing.assert_allclose(ACTIVATIONS["leaky_relu"](x), [-0.2, 0.0, 2.0])  # Keras 3's slope
+    np.testing.assert_allclose(ACTIVATIONS["gelu"](x), jax.nn.gelu(x, approximate=False))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Conv2D(0, 3), r"Conv2D: `filters` \(=0\) must be a positive integer"),
+        (lambda: Conv2D("16", 3), r"Conv2D: `filters` \(='16'\) must be a positive integer"),
+        (lambda: Conv2D(8, (3, 3, 3)), r"`kernel_size` \(=\(3, 3, 3\)\) must be a positive integer or a pair"),
+        (lambda: Conv2D(8, 3, strides=0), r"`strides` \(=0\)"),
+        (lambda: Conv2D(8, 3, padding="causal"), r"`padding` \(='causal'\) must be 'valid' or 'same'"),
+        (lambda: Conv2D(8, 3, activation="relux"), r"`activation` \(='relux'\) is not a known activation"),
+        (lambda: Conv2D(8, 3, use_bias=1), r"`use_bias` \(=1\) must be true or false"),
+        (lambda: Conv2D(8, 3, kernel_initializer="glorot"), r"`kernel_initializer` \(='glorot'\)"),
+        (lambda: Dense(-1), r"Dense: `units` \(=-1\) must be a positive integer"),
+        (lambda: Dropout(1.0), r"Dropout: `rate` \(=1.0\) must be a number in \[0.0, 1.0\)"),
+        (lambda: MaxPooling2D(pool_size=0), r"MaxPooling2D: `pool_size` \(=0\)"),
+        (lambda: BatchNormalization(axis=1), r"`axis` \(=1\) is not supported"),
+        (lambda: BatchNormalization(epsilon=0), r"`epsilon` \(=0\) must be positive"),
+        (lambda: Conv2D(8, 3, input_shape=(32, 0, 3)), r"`input_shape` \(=\(32, 0, 3\)\)"),
+        (lambda: Input((28, 28, -1)), r"Input: `shape`"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_layer_type_argument_and_value(make, message):
+    with pytest.raises(LayerArgumentError, match=message):
+        make()
+
+
+def test_snake_case_names_match_keras():
+    assert [snake_case(name) for name in LAYER_TYPES] == [
+        "conv2d", "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
+        "global_max_pooling2d", "flatten", "dense", "dropout", "activation", "batch_normalization"]
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape, output_shape, params",
+    [
+        # The seed's formulas: valid ceil((H - F + 1) / S), same ceil(H / S), K*F*F*D_in + K.
+        (Conv2D(16, 2, strides=2, padding="valid"), (200, 200, 1), (100, 100, 16), 80),
+        (Conv2D(32, 3, strides=2, padding="same"), (128, 128, 3), (64, 64, 32), 896),
+        (Conv2D(64, 3, padding="same"), (224, 224, 3), (224, 224, 64), 1792),
+        (Conv2D(64, 3, padding="same"), (224, 224, 64), (224, 224, 64), 36_928),  # not 36,982
+        (Conv2D(8, (3, 1), strides=(2, 1), padding="same", use_bias=False), (37, 29, 4), (19, 29, 8), 96),
+        (Conv2D(12, 3, dilation_rate=2), (19, 29, 8), (15, 25, 12), 876),  # effective 5 = (3-1)*2+1
+        (Conv2D(4, 3, strides=2, dilation_rate=2), (10, 11, 1), (3, 4, 4), 40),
+        (MaxPooling2D(2, 2), (100, 100, 15), (50, 50, 15), 0),
+        (MaxPooling2D(3, 2), (7, 8, 1), (3, 3, 1), 0),
+        (AveragePooling2D(3, 2, padding="same"), (15, 25, 12), (8, 13, 12), 0),
+        (GlobalAveragePooling2D(), (4, 13, 12), (12,), 0),
+        (GlobalMaxPooling2D(keepdims=True), (4, 13, 12), (1, 1, 12), 0),
+        (Flatten(), (7, 7, 512), (25_088,), 0),
+        (Dense(4096), (25_088,), (4096,), 102_764_544),
+        (Dense(5), (3, 4, 6), (3, 4, 5), 35),  # Keras's Dense acts on the last axis
+        (BatchNormalization(), (19, 29, 8), (19, 29, 8), 32),
+        (BatchNormalization(center=False), (8,), (8,), 24),
+        (Dropout(0.5), (12,), (12,), 0),
+        (Activation("relu"), (3, 3, 2), (3, 3, 2), 0),
+    ],
+)
+def test_closed_form_output_shape_and_params(layer, input_shape, output_shape, params):
+    assert layer.output_shape(input_shape) == output_shape
+    counted = sum(int(np.prod(s)) for shapes in layer.param_shapes(input_shape).values() for s in shapes.values())
+    assert counted == params
+    # ... and the proof agrees (eval_shape of the real Flax code).
+    model = jaxcnn.Sequential([layer], input_shape=input_shape)
+    result = model.check()
+    assert result.total_params == params
+    assert result.layers[0].plan.output_shape == output_shape
+
+
+def test_formulas_show_their_arithmetic():
+    f = Conv2D(64, (3, 3), padding="same").formula((224, 224, 3))
+    assert f.params == "64*3*3*3 + 64 = 1,792"
+    assert f.output == "height = ceil(224 / 1) = 224; width = ceil(224 / 1) = 224; channels = filters = 64"
+    f = Conv2D(16, 2, strides=2).formula((200, 200, 1))
+    assert f.output.startswith("height = ceil((200 - 2 + 1) / 2) = 100")
+    f = Conv2D(12, 3, dilation_rate=2).formula((19, 29, 8))
+    assert f.output.startswith("height = ceil((19 - ((3 - 1)*2 + 1) + 1) / 1) = 15")
+    assert Dense(4096).formula((25088,)).params == "25088*4096 + 4096 = 102,764,544"
+    assert BatchNormalization().formula((10, 10, 8)).params == (
+        "4*8 = 32: 2*8 trainable (gamma, beta) + 2*8 non-trainable (moving mean, moving variance)")
+    assert Flatten().formula((7, 7, 512)).output == "units = 7*7*512 = 25,088"
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape, message",
+    [
+        (Conv2D(8, 5), (4, 10, 3),
+         r"Conv2D: the kernel window's height 5 is larger than the input height 4 with padding='valid': "
+         r"height = ceil\(\(4 - 5 \+ 1\) / 1\) = 0"),
+        (Conv2D(8, 3, dilation_rate=3), (6, 6, 1), r"window's height 7 \(3 dilated by 3\) is larger"),
+        (MaxPooling2D(3), (2, 9, 1), r"MaxPooling2D: the pool window's height 3 is larger than the input height 2"),
+        (Conv2D(8, 3), (32,), r"Conv2D: expects an input of rank 3 \(height, width, channels\) without the "
+                              r"batch axis, got \(None, 32\)"),
+        (GlobalMaxPooling2D(), (5, 5), r"expects an input of rank 3"),
+    ],
+)
+def test_impossible_layers_are_refused_with_the_formula(layer, input_shape, message):
+    with pytest.raises(ImpossibleShapeError, match=message):
+        layer.output_shape(input_shape)
+
+
+def test_flops_convention():
+    # 2 per multiply-accumulate over every kernel tap, plus 1 per bias add.
+    assert Conv2D(8, 3).flops((12, 10, 4)) == 2 * (10 * 8 * 8 * 3 * 3 * 4) + 10 * 8 * 8
+    assert Dense(7).flops((20,)) == 2 * 20 * 7 + 7
+    assert MaxPooling2D().flops((4, 4, 1)) == 0
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape",
+    [
+        (Conv2D(8, 3, use_bias=False), (12, 10, 4)),
+        (Conv2D(8, (3, 2), strides=2), (12, 10, 4)),
+        (Conv2D(8, 3, dilation_rate=2), (12, 12, 3)),
+        (Dense(7), (20,)),
+        (Dense(7), (3, 5, 20)),
+    ],
+)
+def test_flops_equal_xla_cost_analysis_where_it_is_exact(layer, input_shape):
+    """VALID convolutions and Dense: XLA counts every tap, 2 per MAC, 1 per bias add, like us."""
+    assert _xla_flops(layer, input_shape) == layer.flops(input_shape)
+
+
+def test_xla_cost_analysis_skips_same_padding_taps():
+    """jax issue 17912: XLA does not count the taps over SAME padding, so it reports fewer FLOPs."""
+    layer, shape = Conv2D(8, 3, padding="same"), (12, 10, 4)
+    ours, xla = layer.flops(shape), _xla_flops(layer, shape)
+    assert ours == 70_080 and xla < ours
+    # The border taps: of the 3*3 taps per output, 10*12 outputs lose some to padding.
+    valid_taps = sum(
+        sum(0 <= i + di < 12 and 0 <= j + dj < 10 for di in (-1, 0, 1) for dj in (-1, 0, 1))
+        for i in range(12) for j in range(10))
+    assert xla == 2 * valid_taps * 4 * 8 + 12 * 10 * 8
+
+
+def _xla_flops(layer, input_shape) -> int:
+    model = jaxcnn.Sequential([layer], input_shape=input_shape)
+    module = model.module()
+    x = jnp.zeros((1, *input_shape))
+    variables = module.init(jax.random.key(0), x)
+    cost = jax.jit(module.apply).lower(variables, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    if cost is None or cost.get("flops", -1) < 0:
+        pytest.skip("this backend's cost analysis gives no FLOPs")
+    return int(cost["flops"])
+
+
+def _run(layer, x, **kwargs):
+    model = jaxcnn.Sequential([layer], input_shape=x.shape[1:])
+    module = model.module()
+    variables = module.init(jax.random.key(0), x)
+    return module.apply(variables, x, **kwargs), variables
+
+
+def test_average_pooling_same_excludes_padding_like_keras():
+    x = jnp.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+    y, _ = _run(AveragePooling2D(2, padding="same"), x)
+    # windows [[1,2],[4,5]], [[3],[6]], [[7,8]], [[9]]: averaged over their real elements
+    np.testing.assert_allclose(y[0, :, :, 0], [[3.0, 4.5], [7.5, 9.0]])
+
+
+def test_max_pooling_same_pads_with_minus_infinity():
+    x = -jnp.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+    y, _ = _run(MaxPooling2D(2, padding="same"), x)
+    np.testing.assert_allclose(y[0, :, :, 0], [[-1.0, -3.0], [-7.0, -9.0]])
+
+
+def test_conv_matches_a_direct_computation():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 6, 3))
+    y, variables = _run(Conv2D(4, (2, 3), strides=(1, 2), activation="relu"), x)
+    kernel, bias = variables["params"]["conv2d"]["kernel"], variables["params"]["conv2d"]["bias"]
+    ref = np.zeros((2, 4, 2, 4))
+    for i in range(4):
+        for j in range(2):
+            patch = np.asarray(x[:, i:i + 2, 2 * j:2 * j + 3, :])
+            ref[:, i, j, :] = np.einsum("bhwc,hwck->bk", patch, np.asarray(kernel)) + np.asarray(bias)
+    np.testing.assert_allclose(y, np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_normalization_trains_and_evaluates_like_keras():
+    x = jax.random.normal(jax.random.key(2), (16, 2, 2, 3)) * 3.0 + 1.0
+    layer = BatchNormalization(momentum=0.9)
+    model = jaxcnn.Sequential([layer], input_shape=(2, 2, 3))
+    module = model.module()
+    variables = module.init(jax.random.key(0), x)
+    y, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    np.testing.assert_allclose(y, (x - mean) / jnp.sqrt(var + 1e-3), rtol=1e-4, atol=1e-4)
+    stats = updates["batch_stats"]["batch_normalization"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-5)
+    y_eval = module.apply(variables, x)  # moving statistics at init: mean 0, variance 1
+    np.testing.assert_allclose(y_eval, x / jnp.sqrt(1.0 + 1e-3), rtol=1e-5)
+
+
+def test_dropout_is_identity_in_evaluation_and_scales_in_training():
+    x = jnp.ones((4, 100))
+    y, _ = _run(Dropout(0.25), x)
+    np.testing.assert_array_equal(y, x)
+    y, _ = _run(Dropout(0.25), x, train=True, rngs={"dropout": jax.random.key(3)})
+    values = np.unique(np.asarray(y))
+    np.testing.assert_allclose(values, [0.0, 1.0 / 0.75], rtol=1e-6)
+    assert 0.15 < float((y == 0).mean()) < 0.35

@@ -1,0 +1,125 @@
+"""Property tests over random layer lists: the formulas equal eval_shape for every valid list, and
+every invalid list is refused by an error from jaxcnn.errors naming a layer, never another exception."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jaxcnn
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.layers import (
+    Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten,
+    GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
+)
+
+pairs = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+paddings = st.sampled_from(["valid", "same", "SAME", "Valid"])
+activations = st.sampled_from([None, "relu", "tanh", "softmax", "gelu", "swish", "leaky_relu", "linear"])
+
+spatial_layers = st.one_of(
+    st.builds(Conv2D, st.integers(1, 6), pairs, strides=pairs, padding=paddings,
+              dilation_rate=st.one_of(st.just(1), pairs), activation=activations, use_bias=st.booleans()),
+    st.builds(MaxPooling2D, pool_size=pairs, strides=st.one_of(st.none(), pairs), padding=paddings),
+    st.builds(AveragePooling2D, pool_size=pairs, strides=st.one_of(st.none(), pairs), padding=paddings),
+    st.builds(BatchNormalization, momentum=st.floats(0.0, 1.0), center=st.booleans(), scale=st.booleans()),
+    st.builds(Dropout, st.floats(0.0, 0.9)),
+    st.builds(Activation, activations),
+)
+to_vector = st.one_of(st.builds(Flatten), st.builds(GlobalAveragePooling2D), st.builds(GlobalMaxPooling2D))
+vector_layers = st.one_of(
+    st.builds(Dense, st.integers(1, 8), activation=activations, use_bias=st.booleans()),
+    st.builds(Dropout, st.floats(0.0, 0.9)),
+    st.builds(BatchNormalization),
+    st.builds(Activation, activations),
+)
+input_shapes = st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 4))
+
+
+@st.composite
+def layer_lists(draw):
+    """A random layer list: spatial layers, then optionally a vector head."""
+    layers = draw(st.lists(spatial_layers, min_size=1, max_size=5))
+    if draw(st.booleans()):
+        layers += [draw(to_vector)] + draw(st.lists(vector_layers, max_size=3))
+    return draw(input_shapes), layers
+
+
+@st.composite
+def valid_models(draw):
+    """Random layer lists that the formulas accept (an impossible draw is rejected, not kept)."""
+    shape, layers = draw(layer_lists())
+    model = jaxcnn.Sequential(layers, input_shape=shape)
+    try:
+        model.plan()
+    except JaxcnnError:
+        from hypothesis import assume
+
+        assume(False)
+    return model
+
+
+@given(valid_models())
+def test_formulas_equal_eval_shape_for_valid_layer_lists(model):
+    result = model.check()
+    for proof in result.layers:
+        assert tuple(proof.output.shape[1:]) == proof.plan.output_shape
+        for collection, shapes in proof.plan.param_shapes.items():
+            assert {k: v.shape for k, v in proof.variables[collection].items()} == shapes
+    assert result.total_params == model.count_params()
+    assert model.summarize().total_params == model.count_params()
+
+
+# Mutations that make one layer impossible, and the index of the layer they make impossible.
+@st.composite
+def invalid_models(draw):
+    shape, layers = draw(layer_lists())
+    at = draw(st.integers(0, len(layers)))
+    kind = draw(st.sampled_from(["huge_kernel", "huge_pool", "conv_after_flatten", "global_on_vector"]))
+    if kind == "huge_kernel":
+        bad = Conv2D(2, (13, 1), padding="valid")  # taller than any input (height <= 12)
+    elif kind == "huge_pool":
+        bad = MaxPooling2D(pool_size=(1, 13))
+    elif kind == "conv_after_flatten":
+        layers = layers[:at] + [Flatten()]
+        bad = Conv2D(2, 1)
+        at += 1
+    else:
+        layers = layers[:at] + [Flatten()]
+        bad = GlobalMaxPooling2D()
+        at += 1
+    layers = layers[:at] + [bad] + layers[at:]
+    return jaxcnn.Sequential(layers, input_shape=shape), at
+
+
+@given(invalid_models())
+def test_invalid_layer_lists_are_refused_naming_a_layer(case):
+    model, bad_index = case
+    try:
+        model.check()
+    except JaxcnnError as error:
+        # An earlier layer may already be impossible (the list before the mutation is random too).
+        assert error.index is not None and error.index <= bad_index
+        layer = model.layers[error.index]
+        assert str(error).startswith(f"layer {error.index} '{layer.name}' ({layer.type}): ")
+    else:
+        raise AssertionError(f"{model!r} was accepted")
+
+
+@given(st.dictionaries(
+    st.sampled_from(["filters", "kernel_size", "strides", "padding", "dilation_rate", "activation",
+                     "use_bias"]),
+    st.one_of(st.integers(-2, 3), st.text(max_size=4), st.none(), st.booleans(), st.floats(),
+              st.lists(st.integers(-1, 3), max_size=3)),
+    min_size=1))
+def test_random_arguments_either_build_or_raise_a_jaxcnn_error(kwargs):
+    kwargs.setdefault("filters", 2)
+    kwargs.setdefault("kernel_size", 1)
+    try:
+        layer = Conv2D(**kwargs)
+    except JaxcnnError as error:
+        assert str(error).startswith("Conv2D: `")
+    else:
+        assert dataclasses.replace(layer) == layer
