@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,44 +32,36 @@ RESULTS = ROOT / "experiments" / "results"
 VGG16 = ROOT / "configs" / "vgg16.toml"
 
 
-PEAK = textwrap.dedent("""
-    import resource, runpy, sys, time
-    t0 = time.perf_counter()
-    sys.argv = sys.argv[1:]
-    code = 0
-    try:
-        runpy.run_module(sys.argv[0], run_name="__main__") if sys.argv[0] != "-c" else exec(sys.argv[1])
-    except SystemExit as e:
-        code = e.code or 0
-    sys.stdout.flush()
-    print("\\n@@PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-    sys.exit(code)
-""")
-
-
 def measure_process(argv: list[str], env: dict[str, str] | None = None, repeat: int = 5) -> dict:
-    """Median wall time (process start to exit) and peak RSS of ``python <argv>``."""
+    """Median wall time (start to exit) and peak RSS (the child's own, from ``os.wait4``) of a command."""
     walls, peaks = [], []
     for _ in range(repeat):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", PEAK, *argv], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {})})
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - start)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
-            raise RuntimeError(f"{argv} failed:\n{proc.stderr[-3000:]}")
-        peak_kb = int(proc.stderr.rsplit("@@PEAK_KB", 1)[1].split()[0])
-        peaks.append(peak_kb / 1024)
-    return {"wall_s": statistics.median(walls), "wall_all_s": walls, "peak_rss_mb": statistics.median(peaks),
-            "output_tail": proc.stdout[-400:]}
+            raise RuntimeError(f"{argv} failed:\n{err[-3000:]}")
+        peaks.append(usage.ru_maxrss / 1024)  # KB on Linux
+    return {"command": " ".join(argv), "wall_s": statistics.median(walls), "wall_all_s": walls,
+            "peak_rss_mb": statistics.median(peaks), "output_tail": out[-400:]}
 
 
 def warm_vgg16(repeat: int = 10) -> dict:
+    """check + summary in a warm process. The proofs memo is cleared before each repetition, so each
+    one traces the Flax code again (the summary then reuses that proof, as it does in real use)."""
     import jaxcnn
+    from jaxcnn import check
 
     model = jaxcnn.load(VGG16)
     model.summary(print_fn=None)  # warm-up: imports, first traces
     times = []
     for _ in range(repeat):
+        check._MEMO.clear()
         start = time.perf_counter()
         model.check()
         model.summary(print_fn=None)
@@ -78,6 +71,7 @@ def warm_vgg16(repeat: int = 10) -> dict:
 
 def scaling(sizes=(10, 100, 1000), repeat: int = 3) -> list[dict]:
     import jaxcnn
+    from jaxcnn import check
     from jaxcnn.layers import Conv2D, Dense, Flatten
 
     rows = []
@@ -86,6 +80,7 @@ def scaling(sizes=(10, 100, 1000), repeat: int = 3) -> list[dict]:
         model = jaxcnn.Sequential([*layers, Flatten(), Dense(10)], input_shape=(16, 16, 8))
         times = []
         for _ in range(repeat):
+            check._MEMO.clear()
             start = time.perf_counter()
             model.check()
             model.summary(print_fn=None)
@@ -136,7 +131,9 @@ def main() -> None:
                                  "python": platform.python_version(), "jax": jax.__version__}}
 
     print("1. `jaxcnn summary configs/vgg16.toml`, fresh process (median of 5)", flush=True)
-    e2e = measure_process(["-m", "jaxcnn.cli", "summary", "configs/vgg16.toml"])
+    jaxcnn_cmd = shutil.which("jaxcnn")
+    e2e = measure_process([jaxcnn_cmd, "summary", "configs/vgg16.toml"] if jaxcnn_cmd else
+                          [sys.executable, "-m", "jaxcnn.cli", "summary", "configs/vgg16.toml"])
     assert "Total params: 138,357,544" in e2e["output_tail"]
     print(f"   {e2e['wall_s']:.2f} s wall, {e2e['peak_rss_mb']:.0f} MB peak RSS (targets: 1.5 s, 300 MB)")
     results["jaxcnn_summary_vgg16_process"] = e2e
@@ -152,10 +149,10 @@ def main() -> None:
     print("4. peers on VGG16, fresh process each (median of 3)", flush=True)
     peers = {}
     if have("keras"):
-        peers["keras3_build_and_summary"] = measure_process(["-c", KERAS_VGG16], {"KERAS_BACKEND": "jax"}, repeat=3)
+        peers["keras3_build_and_summary"] = measure_process([sys.executable, "-c", KERAS_VGG16], {"KERAS_BACKEND": "jax"}, repeat=3)
     else:
         print("   keras not installed (pip install -e '.[peers]'): skipped")
-    peers["flax_tabulate"] = measure_process(["-c", FLAX_TABULATE], repeat=3)
+    peers["flax_tabulate"] = measure_process([sys.executable, "-c", FLAX_TABULATE], repeat=3)
     for name, fig in peers.items():
         ratio_t = fig["wall_s"] / e2e["wall_s"]
         ratio_m = fig["peak_rss_mb"] / e2e["peak_rss_mb"]

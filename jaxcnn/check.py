@@ -87,8 +87,8 @@ def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ..
 
     def trace(x: jax.Array) -> tuple[Any, ...]:
         params_key, dropout_key = jax.random.split(jax.random.key(0))
-        variables = module.init({"params": params_key}, x)
-        eval_outputs = module.apply(variables, x, capture=True)
+        # init runs the inference path once: its output is that path's proof.
+        eval_outputs, variables = module.init_with_output({"params": params_key}, x, capture=True)
         train_outputs, updates = module.apply(
             variables, x, train=True, capture=True,
             rngs={"dropout": dropout_key}, mutable=[NON_TRAINABLE],
@@ -100,6 +100,10 @@ def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ..
 
 def _tree_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
     return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in sorted(tree.items())}
+
+
+_MEMO: dict[Any, CheckResult] = {}
+_MEMO_SIZE = 64
 
 
 def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
@@ -117,7 +121,23 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
       ImpossibleShapeError: a layer cannot take its input (from the formulas, before tracing).
       ShapeMismatchError: ``eval_shape`` and a formula disagree; the message names the layer
         (index, name, type), the formula and both values.
+
+    A proof depends only on the model's name, input shape and layer specs (frozen values) and on
+    ``batch_size``, so proofs are memoized on them: a summary after a check does not trace again.
     """
+    key = (model.name, model.input_shape, model.layers, batch_size)
+    try:
+        hash(key)
+    except TypeError:  # a user's layer subclass with an unhashable field: prove without the memo
+        return _prove(model, batch_size)
+    if key not in _MEMO:
+        if len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = _prove(model, batch_size)
+    return _MEMO[key]
+
+
+def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
     plan = model.plan()  # impossible layers are refused here, before any tracing
     batch = _batch_dim(batch_size)
     variables, eval_outputs, train_outputs, updates = abstract_variables(model, batch=batch)

@@ -105,3 +105,18 @@ def test_checking_vgg16_allocates_nothing():
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["params"] == 138_357_544
     assert figures["growth_kb"] < 50 * 1024, figures
+
+
+def test_a_proof_is_memoized_on_the_model_value(monkeypatch):
+    import jaxcnn.check as check_module
+
+    calls = []
+    real = check_module.abstract_variables
+    monkeypatch.setattr(check_module, "abstract_variables", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(check_module, "_MEMO", {})
+    layers = [Conv2D(3, 2, input_shape=(6, 6, 1)), Flatten(), Dense(2)]
+    jaxcnn.Sequential(layers).check()
+    jaxcnn.Sequential(layers).summary(print_fn=None)  # an equal model: the same proof
+    assert len(calls) == 1
+    jaxcnn.Sequential(layers, name="other").check()
+    assert len(calls) == 2
