@@ -189,6 +189,8 @@ def plot(results: dict) -> None:
     left.set_ylabel("wall time, fresh process (s)")
     ax2.set_ylabel("peak RSS (MB)")
     left.set_title("VGG16 (138,357,544 params): summary in a fresh process")
+    left.legend(handles=[*left.patches[:1], *ax2.patches[:1]], labels=["wall (s)", "peak RSS (MB)"],
+                loc="upper right")
     rows = results["scaling"]
     right.loglog([r["layers"] for r in rows], [r["check_and_summary_s"] for r in rows], "o-")
     right.set_xlabel("layers")
