@@ -52,7 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="prove every layer's shapes with jax.eval_shape against the formulas")
     check.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")
     check.add_argument("--input-shape", type=_shape, metavar="H,W,C", help="override the model's input shape")
+    train = sub.add_parser("train", help="train a config's model; resumes from the workdir's newest checkpoint")
+    train.add_argument("config", metavar="CONFIG", help="a TOML training config ([model], [[layers]], [data], [train])")
+    train.add_argument("--workdir", default=None, metavar="DIR",
+                       help="where checkpoints, metrics.jsonl, curves.png and results.json go "
+                            "(default: runs/<config name>)")
+    train.add_argument("--epochs", type=_positive, metavar="N", help="override [train] epochs")
+    train.add_argument("--seed", type=int, metavar="S", help="override [train] seed")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ok: {args.path}: {len(result.layers)} layers of {result.model_name!r} proved with "
                   f"jax.eval_shape for any batch size; {result.total_params:,} params "
                   f"({result.trainable_params:,} trainable, {result.non_trainable_params:,} non-trainable)")
+        elif args.command == "train":
+            import pathlib
+
+            from jaxcnn.fit import train_and_evaluate
+
+            workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.config).stem)
+            train_and_evaluate(args.config, workdir, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
     except JaxcnnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -18,6 +18,8 @@ __all__ = [
     "ShapeMismatchError",
     "ConfigError",
     "UnsupportedError",
+    "CheckpointError",
+    "NonFiniteError",
 ]
 
 
@@ -101,3 +103,12 @@ class ConfigError(JaxcnnError, ValueError):
 
 class UnsupportedError(ConfigError):
     """A Keras layer class or argument that jaxcnn does not support (``data_format="channels_first"``)."""
+
+
+class CheckpointError(JaxcnnError):
+    """A checkpoint cannot be used: it is corrupt or truncated, or it belongs to another model."""
+
+
+class NonFiniteError(JaxcnnError):
+    """Training produced a NaN or infinite loss or gradient (the message gives the step and the
+    first layer whose activations or gradients were not finite)."""

@@ -392,7 +392,7 @@ def test_toml_syntax_error(tmp_path):
 
 def test_unknown_top_level_section(tmp_path):
     path = write(tmp_path, CIFAR_TOML + "\n[optimizer]\nlr = 0.1\n")
-    with pytest.raises(ConfigError, match=r"model\.toml: key `optimizer`: unknown top-level section; known: model, layers"):
+    with pytest.raises(ConfigError, match=r"model\.toml: key `optimizer`: unknown top-level section; known: model, layers, data, train"):
         config.load(path)
     with pytest.raises(ConfigError, match="key `optimizer`"):
         config.read_document(path)

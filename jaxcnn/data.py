@@ -1,0 +1,727 @@
+"""Datasets for training: loaders, a stratified split, normalization, fitting images to a model's
+input shape, fixed-shape batches and device prefetch.
+
+Everything here works on :class:`Dataset`, numpy arrays in NHWC layout (``float32`` images,
+``int32`` labels). The pieces a training loop uses::
+
+    train, val, test = dataset_from_config(doc["data"], input_shape=(32, 32, 3), seed=0,
+                                           source="run.toml")
+    for batch in prefetch_to_device(batches(train, 128, shuffle=True, seed=0, epoch=epoch)):
+        state, loss = step(state, batch.images, batch.labels, batch.mask)
+
+:func:`batches` always yields full-size batches: the last partial batch is padded with zero
+images whose ``mask`` is 0, so a jitted step sees a single shape and compiles once. The order of
+an epoch is ``np.random.default_rng([seed, epoch]).permutation(n)``, so a run resumed at batch
+``start`` of an epoch yields exactly the batches it would have yielded from there.
+
+The ``[data]`` table of a training config (read by :func:`dataset_from_config`)::
+
+    [data]
+    name = "digits"          # "digits" (scikit-learn's 8x8 digits), "cifar10" or "npz"
+    path = "data/cifar-10-batches-py"   # folder (cifar10) or file (npz); relative to the config
+    validation = 0.1         # fractions of the examples, split stratified by class
+    test = 0.1               # (cifar10: the test set is test_batch; `test` may only be 0 there)
+    normalize = "standardize"   # "standardize" (per-channel, train statistics), "scale", "none"
+    fit = "pad"              # "pad", "resize" or "none": how images reach the model's input_shape
+    limit = 500              # optional: keep the first N training examples (quick runs)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import difflib
+import importlib
+import io
+import math
+import os
+import pathlib
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxcnn.errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "DATA_KEYS",
+    "FIT_METHODS",
+    "NORMALIZE_MODES",
+    "Batch",
+    "Dataset",
+    "batches",
+    "dataset_from_config",
+    "epoch_order",
+    "fit_to_shape",
+    "load_cifar10",
+    "load_digits",
+    "load_npz",
+    "normalization_stats",
+    "normalize",
+    "num_batches",
+    "prefetch_to_device",
+    "split",
+]
+
+#: Dataset names accepted by ``name`` in the ``[data]`` table.
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "npz")
+#: Values of ``normalize`` (:func:`normalize`'s ``mode``).
+NORMALIZE_MODES: tuple[str, ...] = ("standardize", "scale", "none")
+#: Values of ``fit`` (:func:`fit_to_shape`'s ``method``).
+FIT_METHODS: tuple[str, ...] = ("pad", "resize", "none")
+#: Keys of the ``[data]`` table.
+DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit")
+
+_DEFAULTS: dict[str, Any] = {
+    "name": "digits", "validation": 0.1, "test": 0.1, "normalize": "standardize", "fit": "pad"}
+
+# A channel whose standard deviation is below this is only centred, not scaled.
+_MIN_STD = 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Images ``(N, H, W, C)`` float32 and labels ``(N,)`` int32 class indices.
+
+    The arrays are converted to those dtypes on construction. ``class_names`` is optional
+    (``()`` when unknown). Equality is identity: compare the arrays themselves.
+    """
+
+    images: np.ndarray = dataclasses.field(repr=False)
+    labels: np.ndarray = dataclasses.field(repr=False)
+    num_classes: int
+    name: str
+    class_names: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        images = np.asarray(self.images, dtype=np.float32)
+        labels = np.asarray(self.labels)
+        if images.ndim != 4:
+            raise ValueError(f"dataset {self.name!r}: images must be (N, H, W, C), got shape "
+                             f"{images.shape}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"dataset {self.name!r}: labels must be ({images.shape[0]},), got "
+                             f"shape {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"dataset {self.name!r}: labels must be integers, got {labels.dtype}")
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels.astype(np.int32, copy=False))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape of one image, ``(H, W, C)``."""
+        return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    def take(self, indices: np.ndarray | Sequence[int]) -> Dataset:
+        """The examples at ``indices``, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+    def __repr__(self) -> str:
+        return (f"Dataset(name={self.name!r}, images={self.images.shape} float32, "
+                f"num_classes={self.num_classes})")
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders.
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's handwritten digits: 1,797 real 8x8 grey images of 10 classes, scaled to
+    [0, 1] (the pixel values are 0..16). Shipped with scikit-learn, no download."""
+    try:
+        from sklearn import datasets as sk_datasets
+    except ImportError as error:
+        raise ConfigError(f"the digits dataset needs scikit-learn ({error}); "
+                          "install it with `pip install scikit-learn`", source="digits") from None
+    raw = sk_datasets.load_digits()
+    images = (np.asarray(raw.images, dtype=np.float32) / 16.0)[..., None]
+    labels = np.asarray(raw.target, dtype=np.int32)
+    names = tuple(str(n) for n in getattr(raw, "target_names", range(10)))
+    return Dataset(images, labels, 10, "digits", class_names=names)
+
+
+# Globals a CIFAR-10 pickle may reference (numpy arrays, dtypes, bytes): nothing else is loaded,
+# so a hostile "dataset" cannot run code through pickle.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load the global {module}.{name}")
+        if module.startswith(("numpy.core.", "numpy._core.")):
+            tail = module.split(".", 2)[2]
+            for candidate in (f"numpy._core.{tail}", f"numpy.core.{tail}"):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        return getattr(importlib.import_module(candidate), name)
+                except (ImportError, AttributeError):
+                    continue
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: pathlib.Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a CIFAR-10 batch file", source=str(path)) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the file: {error.strerror or error}",
+                          source=str(path)) from None
+    try:
+        return _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as error:  # noqa: BLE001 - any failure of a corrupt pickle is reported
+        raise ConfigError(f"not a CIFAR-10 batch file (a Python pickle): {error}",
+                          source=str(path)) from None
+
+
+def _get(table: Mapping[Any, Any], key: str) -> Any:
+    """``table[b"key"]`` or ``table["key"]`` (pickles written by Python 3 code use str keys)."""
+    if key.encode() in table:
+        return table[key.encode()]
+    return table.get(key)
+
+
+def _read_cifar_batch(path: pathlib.Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    batch = _read_pickle(path)
+    if not isinstance(batch, dict):
+        raise ConfigError(f"a CIFAR-10 batch must be a pickled dict, got {type(batch).__name__}",
+                          source=str(path))
+    data, labels = _get(batch, "data"), _get(batch, "labels")
+    if data is None or labels is None:
+        raise ConfigError("a CIFAR-10 batch needs the keys b'data' and b'labels'; found "
+                          f"{', '.join(map(repr, batch)) or 'none'}", source=str(path))
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise ConfigError(f"b'data' must be a (N, 3072) uint8 array, got {data.shape} "
+                          f"{data.dtype}", source=str(path))
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ConfigError("b'labels' must be a list of integers", source=str(path)) from None
+    if labels.shape != (data.shape[0],):
+        raise ConfigError(f"b'labels' has {labels.size} entries for {data.shape[0]} images",
+                          source=str(path))
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigError(f"b'labels' must be in 0..{num_classes - 1}, got "
+                          f"{labels.min()}..{labels.max()}", source=str(path))
+    return data, labels
+
+
+def load_cifar10(folder: str | os.PathLike[str], *, subset: str = "train") -> Dataset:
+    """CIFAR-10 in its "python version": ``folder/data_batch_1`` .. ``data_batch_5`` (``subset=
+    "train"``; the batches present from 1 on, without gaps) or ``folder/test_batch`` (``"test"``).
+
+    ``folder`` may also be the folder that holds ``cifar-10-batches-py``. Images become
+    ``(N, 32, 32, 3)`` float32 in [0, 1]; ``batches.meta`` gives the class names when present.
+    """
+    if subset not in ("train", "test"):
+        raise ConfigError(f"subset must be 'train' or 'test', got {subset!r}", key="subset")
+    root = pathlib.Path(folder).expanduser()
+    if not root.exists():
+        raise ConfigError("no such folder (expected the CIFAR-10 python batches)", source=str(root))
+    if not root.is_dir():
+        raise ConfigError("is not a folder (expected the CIFAR-10 python batches)",
+                          source=str(root))
+    nested = root / "cifar-10-batches-py"
+    if not (root / "data_batch_1").exists() and not (root / "test_batch").exists() \
+            and nested.is_dir():
+        root = nested
+
+    class_names: tuple[str, ...] = ()
+    meta_path = root / "batches.meta"
+    if meta_path.exists():
+        meta = _read_pickle(meta_path)
+        names = _get(meta, "label_names") if isinstance(meta, dict) else None
+        if not isinstance(names, (list, tuple)) or not names:
+            raise ConfigError("batches.meta must be a pickled dict with a list b'label_names'",
+                              source=str(meta_path))
+        class_names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+                            for n in names)
+    num_classes = len(class_names) or 10
+
+    if subset == "test":
+        paths = [root / "test_batch"]
+    else:
+        numbers = sorted(int(m.group(1)) for p in root.iterdir()
+                         if (m := re.fullmatch(r"data_batch_(\d+)", p.name)))
+        count = max(numbers, default=1)
+        paths = [root / f"data_batch_{i}" for i in range(1, count + 1)]
+    parts = [_read_cifar_batch(path, num_classes) for path in paths]  # a missing one: no such file
+    data = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    return Dataset(images, labels, num_classes, f"cifar10-{subset}", class_names=class_names)
+
+
+def load_npz(path: str | os.PathLike[str]) -> Dataset:
+    """A ``.npz`` file with arrays ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` and ``labels``
+    ``(N,)`` of class indices; optional ``class_names`` (strings) or ``num_classes``.
+
+    Floating images are kept as they are (they should be in [0, 1]); integer images (``uint8``
+    and any other integer array with values in 0..255) are divided by 255.
+    """
+    file = pathlib.Path(path).expanduser()
+    source = str(file)
+    try:
+        with open(file, "rb") as handle:  # np.load(path) leaks the handle of a corrupt zip
+            images, labels, names, count = _read_npz(handle, source)
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=source) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a .npz file", source=source) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the file: {error.strerror or error}",
+                          source=source) from None
+
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or 0 in images.shape[1:]:
+        raise ConfigError(f"`images` must be (N, H, W) or (N, H, W, C), got shape {images.shape}",
+                          source=source, key="images")
+    if np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32)
+        if not np.all(np.isfinite(images)):
+            raise ConfigError("`images` holds NaN or infinite values", source=source,
+                              key="images")
+    elif np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ConfigError(f"integer `images` must be in 0..255, got {images.min()}.."
+                              f"{images.max()}", source=source, key="images")
+        images = images.astype(np.float32) / 255.0
+    else:
+        raise ConfigError(f"`images` must be numbers, got {images.dtype}", source=source,
+                          key="images")
+
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0] \
+            or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise ConfigError(f"`labels` must be ({images.shape[0]},) integer class indices, got "
+                          f"shape {labels.shape} {labels.dtype}", source=source, key="labels")
+    if labels.size and labels.min() < 0:
+        raise ConfigError(f"`labels` must be non-negative, got {labels.min()}", source=source,
+                          key="labels")
+
+    class_names: tuple[str, ...] = ()
+    if names is not None:
+        class_names = tuple(str(n) for n in np.asarray(names).reshape(-1))
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    if count is not None:
+        num_classes = int(np.asarray(count).reshape(()))
+    elif class_names:
+        num_classes = len(class_names)
+    if labels.size and labels.max() >= num_classes:
+        raise ConfigError(f"`labels` go up to {labels.max()} but there are {num_classes} classes",
+                          source=source, key="labels")
+    return Dataset(images, labels, num_classes, file.stem, class_names=class_names)
+
+
+def _read_npz(handle: Any, source: str) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    try:
+        archive = np.load(handle, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ConfigError(f"not a readable .npz file: {error}", source=source) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ConfigError("is a single .npy array, not a .npz archive with `images` and `labels`",
+                          source=source)
+    with archive:
+        missing = [k for k in ("images", "labels") if k not in archive.files]
+        if missing:
+            raise ConfigError(f"missing the array(s) {', '.join(map(repr, missing))}; the file "
+                              f"holds {', '.join(map(repr, archive.files)) or 'nothing'}",
+                              source=source, key=missing[0])
+        try:
+            return (archive["images"], archive["labels"],
+                    archive["class_names"] if "class_names" in archive.files else None,
+                    archive["num_classes"] if "num_classes" in archive.files else None)
+        except Exception as error:  # noqa: BLE001 - a corrupt member, an object array, ...
+            raise ConfigError(f"cannot read the arrays: {error}", source=source) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting and normalizing.
+
+
+def _check_fraction(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ConfigError(f"must be a fraction in [0, 1), got {value!r}", key=key)
+    return float(value)
+
+
+def split(dataset: Dataset, *, validation: float = 0.1, test: float = 0.1,
+          seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
+    """``(train, validation, test)``: disjoint, stratified by class, the same for a seed.
+
+    ``round(fraction * N)`` examples go to validation and to test. The examples are put in an
+    order where every class is spread evenly (shuffled within their class by ``seed``, then
+    interleaved by their rank in it); test takes the first ones, validation the next, train the
+    rest, so each part holds every class within one example of its share. Each part keeps that
+    order, so the first examples of train are a stratified sample too (``limit``).
+    """
+    validation = _check_fraction(validation, "validation")
+    test = _check_fraction(test, "test")
+    if validation + test >= 1.0:
+        raise ConfigError(f"validation ({validation}) + test ({test}) must leave examples for "
+                          "training", key="validation")
+    n = len(dataset)
+    rng = np.random.default_rng(seed)
+    position = np.empty(n, dtype=np.float64)
+    for label in np.unique(dataset.labels):
+        members = np.flatnonzero(dataset.labels == label)
+        order = rng.permutation(members)
+        # The k-th of m shuffled members sits at (k + u) / m in [0, 1): classes interleave.
+        position[order] = (np.arange(order.size) + rng.random()) / order.size
+    order = np.lexsort((rng.random(n), position))
+    n_test = int(round(test * n))
+    n_val = int(round(validation * n))
+    parts = (order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test])
+    if n and parts[0].size == 0:
+        raise ConfigError(f"dataset {dataset.name!r} has {n} examples: none is left for "
+                          f"training after validation ({n_val}) and test ({n_test})",
+                          key="validation")
+    train, val, tst = (dataset.take(p) for p in parts)
+    return (dataclasses.replace(train, name=f"{dataset.name}/train"),
+            dataclasses.replace(val, name=f"{dataset.name}/validation"),
+            dataclasses.replace(tst, name=f"{dataset.name}/test"))
+
+
+def normalization_stats(train: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``train``'s images, each of shape ``(C,)``
+    float32. A channel with a standard deviation below 1e-6 (constant) gets 1."""
+    if len(train) == 0:
+        raise ConfigError(f"dataset {train.name!r} is empty: no statistics to normalize with",
+                          key="normalize")
+    pixels = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64)
+    mean = pixels.mean(axis=0)
+    std = pixels.std(axis=0)
+    std = np.where(std < _MIN_STD, 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize(train: Dataset, *others: Dataset, mode: str = "standardize") -> tuple[Dataset, ...]:
+    """``(train, *others)`` normalized with ``train``'s statistics only.
+
+    ``"standardize"``: ``(x - mean) / std`` per channel, the statistics of ``train``;
+    ``"scale"``: unchanged (the loaders already scale to [0, 1]); ``"none"``: unchanged.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ConfigError(_unknown("normalize mode", mode, NORMALIZE_MODES), key="normalize")
+    if mode != "standardize":
+        return (train, *others)
+    mean, std = normalization_stats(train)
+    out = []
+    for ds in (train, *others):
+        if ds.images.shape[-1] != mean.shape[0]:
+            raise ConfigError(f"dataset {ds.name!r} has {ds.images.shape[-1]} channels, the "
+                              f"training set {mean.shape[0]}", key="normalize")
+        out.append(dataclasses.replace(ds, images=(ds.images - mean) / std))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting images to the model's input shape.
+
+
+def fit_to_shape(dataset: Dataset, shape: Sequence[int], *, method: str = "pad") -> Dataset:
+    """Images of shape ``shape`` ``(H, W, C)``: ``"pad"`` zero-pads them centred (an image larger
+    than ``shape`` is refused), ``"resize"`` resizes them bilinearly (``jax.image.resize``),
+    ``"none"`` requires the shapes to be equal. One channel is repeated to ``C``; any other
+    channel mismatch is refused."""
+    if method not in FIT_METHODS:
+        raise ConfigError(_unknown("fit method", method, FIT_METHODS), key="fit")
+    target = tuple(int(d) for d in shape)
+    if len(target) != 3 or min(target) < 1:
+        raise ConfigError(f"the input shape must be (height, width, channels), got {shape!r}",
+                          key="input_shape")
+    have = dataset.shape
+    what = f"dataset {dataset.name!r}: images of shape {have}"
+    if have == target:
+        return dataset
+    h, w, c = have
+    th, tw, tc = target
+    if c != tc and c != 1:
+        raise ConfigError(f"{what} have {c} channels, the model's input shape {target} wants "
+                          f"{tc}; only 1 channel can be repeated", key="fit")
+    if method == "none":
+        raise ConfigError(f"{what} do not match the model's input shape {target}; use "
+                          "fit = \"pad\" or \"resize\"", key="fit")
+    if method == "pad" and (h > th or w > tw):
+        raise ConfigError(f"{what} are larger than the model's input shape {target}; use "
+                          "fit = \"resize\"", key="fit")
+    images = dataset.images
+    if (h, w) != (th, tw):
+        if method == "pad":
+            top, left = (th - h) // 2, (tw - w) // 2
+            images = np.pad(images, ((0, 0), (top, th - h - top), (left, tw - w - left), (0, 0)))
+        else:
+            images = _resize(images, th, tw)
+    if c != tc:
+        images = np.repeat(images, tc, axis=-1)
+    return dataclasses.replace(dataset, images=images)
+
+
+def _resize(images: np.ndarray, height: int, width: int, chunk: int = 4096) -> np.ndarray:
+    n, _, _, c = images.shape
+    out = np.empty((n, height, width, c), dtype=np.float32)
+    resize = jax.jit(lambda x: jax.image.resize(x, (x.shape[0], height, width, c), "bilinear"))
+    for start in range(0, n, chunk):
+        block = images[start:start + chunk]
+        if block.shape[0] < chunk and n > chunk:  # keep one compiled shape
+            block = np.concatenate([block, np.zeros((chunk - block.shape[0],) + block.shape[1:],
+                                                    np.float32)])
+        out[start:start + chunk] = np.asarray(resize(block))[:min(chunk, n - start)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batches.
+
+
+class Batch(NamedTuple):
+    """One fixed-size batch; ``mask`` is 1 for real examples, 0 for the padding of the last."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int:
+    """How many batches :func:`batches` yields for ``n`` examples (a partial last batch counts
+    unless ``drop_remainder``)."""
+    batch_size = _check_batch_size(batch_size)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def epoch_order(n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> np.ndarray:
+    """The order of the examples in an epoch: ``default_rng([seed, epoch]).permutation(n)``."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+            start: int = 0, drop_remainder: bool = False) -> Iterator[Batch]:
+    """The batches of one epoch, from batch ``start`` on, every one ``batch_size`` long.
+
+    The last partial batch is padded with zero images (label 0) whose ``mask`` is 0, unless
+    ``drop_remainder`` drops it. With ``shuffle`` the order is a permutation fixed by
+    ``(seed, epoch)``; batch ``k`` is the same whether or not the epoch started at ``start=0``.
+    """
+    batch_size = _check_batch_size(batch_size)
+    n = len(dataset)
+    total = num_batches(n, batch_size, drop_remainder=drop_remainder)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) \
+            or not 0 <= start <= total:
+        raise ValueError(f"start must be a batch index in 0..{total}, got {start!r}")
+    order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch)
+    return _batches(dataset, order, batch_size, int(start), total)
+
+
+def _batches(dataset: Dataset, order: np.ndarray, batch_size: int, start: int,
+             total: int) -> Iterator[Batch]:
+    for k in range(start, total):
+        idx = order[k * batch_size:(k + 1) * batch_size]
+        images = dataset.images[idx]
+        labels = dataset.labels[idx]
+        mask = np.ones(batch_size, dtype=np.float32)
+        missing = batch_size - idx.size
+        if missing:
+            images = np.concatenate([images, np.zeros((missing,) + images.shape[1:], np.float32)])
+            labels = np.concatenate([labels, np.zeros(missing, np.int32)])
+            mask[idx.size:] = 0.0
+        yield Batch(images, labels, mask)
+
+
+def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
+                       sharding: Any = None) -> Iterator[Any]:
+    """Yield the items of ``iterator`` (pytrees of arrays, e.g. :class:`Batch`) after
+    ``jax.device_put`` (onto ``sharding`` if given), keeping ``size`` of them in flight so the
+    transfer of the next batches overlaps the step on this one."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    queue: collections.deque[Any] = collections.deque()
+    it = iter(iterator)
+
+    def enqueue(count: int) -> None:
+        for item in it:
+            queue.append(jax.device_put(item, sharding))
+            count -= 1
+            if count == 0:
+                return
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
+
+
+# --------------------------------------------------------------------------------------------
+# The [data] table of a training config.
+
+
+def dataset_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int], seed: int,
+                        source: str = "<config>") -> tuple[Dataset, Dataset, Dataset]:
+    """``(train, validation, test)`` described by the ``[data]`` table of a training config:
+    loaded, split with ``seed``, limited, normalized with the training statistics and fitted to
+    ``input_shape``. Every error is a :class:`ConfigError` naming ``source`` and ``data.<key>``."""
+    source = str(source)
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[data] must be a table, got {_type_name(table)}", source=source,
+                          key="data")
+    for key in table:
+        if key not in DATA_KEYS:
+            raise ConfigError(_unknown("key in [data]", str(key), DATA_KEYS), source=source,
+                              key=f"data.{key}")
+    cfg = {**_DEFAULTS, **table}
+
+    def fail(key: str, detail: str) -> ConfigError:
+        return ConfigError(detail, source=source, key=f"data.{key}")
+
+    def choice(key: str, choices: tuple[str, ...]) -> str:
+        value = cfg[key]
+        if not isinstance(value, str):
+            raise fail(key, f"must be one of {', '.join(choices)}; got {_type_name(value)}")
+        if value not in choices:
+            raise fail(key, _unknown(f"value {value!r}", value, choices).replace(
+                "known:", "allowed:"))
+        return value
+
+    name = choice("name", DATASETS)
+    normalize_mode = choice("normalize", NORMALIZE_MODES)
+    fit_method = choice("fit", FIT_METHODS)
+    fractions = {}
+    for key in ("validation", "test"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or math.isnan(value) or not 0.0 <= value < 1.0:
+            raise fail(key, f"must be a fraction in [0, 1), got {_type_name(value)}")
+        fractions[key] = float(value)
+    if fractions["validation"] + fractions["test"] >= 1.0:
+        raise fail("validation", f"validation ({fractions['validation']}) + test "
+                   f"({fractions['test']}) must be below 1 to leave examples for training")
+    limit = cfg.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise fail("limit", f"must be a positive integer, got {_type_name(limit)}")
+    path = cfg.get("path")
+    if name == "digits":
+        if path is not None:
+            raise fail("path", "the digits dataset ships with scikit-learn and takes no path")
+    elif path is None:
+        what = "folder of the CIFAR-10 python batches" if name == "cifar10" else ".npz file"
+        raise fail("path", f"name = {name!r} needs path = \"...\": the {what}")
+    elif not isinstance(path, str) or not path:
+        raise fail("path", f"must be a non-empty string, got {_type_name(path)}")
+    if name == "cifar10" and "test" in table and fractions["test"] != 0.0:
+        raise fail("test", "cifar10 has its own test set (test_batch): leave `test` out, or set "
+                   "it to 0 for no test set")
+    try:
+        target = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        target = ()
+    if len(target) != 3 or min(target) < 1:
+        raise ConfigError(f"the model's input shape must be (height, width, channels), got "
+                          f"{input_shape!r}", source=source, key="model.input_shape")
+
+    where = _resolve(path, source) if path is not None else None
+    try:
+        if name == "digits":
+            full = load_digits()
+        elif name == "npz":
+            full = load_npz(where)
+        else:
+            full = load_cifar10(where, subset="train")
+            # `test` is refused above unless it is 0 (no test set): test_batch is the test set.
+            test_set = load_cifar10(where, subset="test") if "test" not in table else None
+    except ConfigError as error:
+        raise fail("name" if name == "digits" else "path", str(error)) from error
+
+    try:
+        if name == "cifar10":
+            train, val, _ = split(full, validation=fractions["validation"], test=0.0, seed=seed)
+            if test_set is None:
+                test_set = full.take(np.arange(0))
+            test_set = dataclasses.replace(test_set, name="cifar10/test")
+            train = dataclasses.replace(train, name="cifar10/train")
+            val = dataclasses.replace(val, name="cifar10/validation")
+        else:
+            train, val, test_set = split(full, seed=seed, **fractions)
+    except ConfigError as error:
+        raise fail(error.key or "validation", error.detail) from error
+    if limit is not None:
+        train = train.take(np.arange(min(limit, len(train))))
+    if len(train) == 0:
+        raise fail("validation", f"no training examples: {full.name!r} has {len(full)}")
+
+    try:
+        parts = normalize(train, val, test_set, mode=normalize_mode)
+    except ConfigError as error:
+        raise fail("normalize", error.detail) from error
+    try:
+        fitted = tuple(fit_to_shape(ds, target, method=fit_method) for ds in parts)
+    except ConfigError as error:
+        raise fail("fit", error.detail) from error
+    return fitted  # type: ignore[return-value]
+
+
+def _resolve(path: str, source: str) -> pathlib.Path:
+    """``path`` as written; a relative one is taken from the config file's folder when
+    ``source`` is a file path (not ``<config>``, ``<string>``, ...)."""
+    p = pathlib.Path(path).expanduser()
+    if p.is_absolute() or (source.startswith("<") and source.endswith(">")):
+        return p
+    return pathlib.Path(source).expanduser().parent / p
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers (the same wording as jaxcnn.config).
+
+
+def _unknown(what: str, name: str, known: Sequence[str]) -> str:
+    names = list(known)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"; did you mean `{close[0]}`?" if close else ";"
+    return f"unknown {what}{hint} known: {', '.join(names)}"
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a float", type(None): "null"}
+    for kind, label in names.items():
+        if type(value) is kind:
+            return f"{label} ({value!r})" if kind in (str, bool, int, float) else label
+    return type(value).__name__
