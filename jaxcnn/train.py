@@ -305,7 +305,7 @@ class CompiledModel:
                 "activations_finite": bool(jnp.all(jnp.isfinite(out))),
                 "params_finite": all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params)),
                 "grads_finite": all(bool(jnp.all(jnp.isfinite(x))) for x in leaves),
-                "grad_norm": float(optax.global_norm(g)) if leaves else 0.0,
+                "grad_norm": float(optax.tree.norm(g)) if leaves else 0.0,
             })
         return rows
 
