@@ -29,6 +29,7 @@ from jaxcnn.layers import (
     MaxPooling2D,
 )
 from jaxcnn.model import Sequential
+from jaxcnn.train import compile
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "MaxPooling2D",
     "Sequential",
     "__version__",
+    "compile",
     "errors",
     "from_keras_json",
     "layers",

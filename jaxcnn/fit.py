@@ -19,7 +19,9 @@ What a run writes in its workdir:
 * ``metrics.jsonl``: one JSON line an epoch (train and validation loss and accuracy, time, images/s);
 * ``curves.png``: loss and accuracy curves;
 * ``results.json``: ``test_accuracy``, ``test_loss``, ``epochs``, ``steps``, ``train_seconds``,
-  ``images_per_second``, ``params_sha256`` (and more).
+  ``images_per_second``, ``params_sha256`` (and more). ``train_seconds`` is the time spent in
+  training epochs (steps, data, checkpoints), without validation and without the first step's
+  compilation, which is ``first_step_seconds``.
 """
 
 from __future__ import annotations
@@ -249,6 +251,7 @@ def train_and_evaluate(
                 state, metrics = compiled.train_step(state, tuple(batch))
                 jax.block_until_ready(state.params)
                 compile_seconds = time.perf_counter() - t0
+                epoch_start += compile_seconds  # the first step compiles: not counted as training
             else:
                 state, metrics = compiled.train_step(state, tuple(batch))
             step += 1

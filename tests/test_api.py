@@ -10,7 +10,7 @@ import jaxcnn
 def test_every_public_name_imports():
     for name in jaxcnn.__all__:
         assert getattr(jaxcnn, name) is not None, name
-    for module in ["errors", "layers", "model", "compile", "check", "summary", "config", "cli"]:
+    for module in ["errors", "layers", "model", "compile", "check", "summary", "config", "cli", "train", "optimizers", "data", "checkpoint", "fit"]:
         mod = importlib.import_module(f"jaxcnn.{module}")
         for name in getattr(mod, "__all__", []):
             assert hasattr(mod, name), f"jaxcnn.{module}.{name}"
