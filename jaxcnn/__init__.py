@@ -10,47 +10,52 @@
         Dense(10, activation="softmax"),
     ])
     model.summary()   # Keras's layout, every figure proved with jax.eval_shape
+
+The public names are imported on first use (PEP 562), so that ``import jaxcnn`` stays cheap and a
+process that only serves an exported model (``jaxcnn predict``) never imports the model code.
 """
 
-from jaxcnn import errors, layers
-from jaxcnn.config import from_keras_json, load
-from jaxcnn.errors import JaxcnnError
-from jaxcnn.layers import (
-    Activation,
-    AveragePooling2D,
-    BatchNormalization,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
-    Input,
-    MaxPooling2D,
-)
-from jaxcnn.model import Sequential
-from jaxcnn.train import compile
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Activation",
-    "AveragePooling2D",
-    "BatchNormalization",
-    "Conv2D",
-    "Dense",
-    "Dropout",
-    "Flatten",
-    "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D",
-    "Input",
-    "JaxcnnError",
-    "MaxPooling2D",
-    "Sequential",
-    "__version__",
-    "compile",
-    "errors",
-    "from_keras_json",
-    "layers",
-    "load",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "Activation": "jaxcnn.layers",
+    "AveragePooling2D": "jaxcnn.layers",
+    "BatchNormalization": "jaxcnn.layers",
+    "Conv2D": "jaxcnn.layers",
+    "Dense": "jaxcnn.layers",
+    "Dropout": "jaxcnn.layers",
+    "Flatten": "jaxcnn.layers",
+    "GlobalAveragePooling2D": "jaxcnn.layers",
+    "GlobalMaxPooling2D": "jaxcnn.layers",
+    "Input": "jaxcnn.layers",
+    "MaxPooling2D": "jaxcnn.layers",
+    "JaxcnnError": "jaxcnn.errors",
+    "Sequential": "jaxcnn.model",
+    "compile": "jaxcnn.train",
+    "from_keras_json": "jaxcnn.config",
+    "load": "jaxcnn.config",
+}
+_SUBMODULES = ("errors", "layers")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"jaxcnn.{name}")
+    else:
+        raise AttributeError(f"module 'jaxcnn' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

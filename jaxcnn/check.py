@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from jaxcnn.compile import build_module
+from jaxcnn.flax_module import build_module
 from jaxcnn.errors import ShapeMismatchError
 from jaxcnn.model import LayerPlan, Sequential
 

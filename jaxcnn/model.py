@@ -238,8 +238,8 @@ class Sequential:
         return None
 
     def module(self) -> Any:
-        """The Flax linen module; see :func:`jaxcnn.compile.build_module`."""
-        from jaxcnn.compile import build_module
+        """The Flax linen module; see :func:`jaxcnn.flax_module.build_module`."""
+        from jaxcnn.flax_module import build_module
 
         return build_module(self)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn.compile import SequentialModule
+from jaxcnn.flax_module import SequentialModule
 from jaxcnn.errors import ConfigError
 from jaxcnn.model import Sequential
 

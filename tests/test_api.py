@@ -10,7 +10,7 @@ import jaxcnn
 def test_every_public_name_imports():
     for name in jaxcnn.__all__:
         assert getattr(jaxcnn, name) is not None, name
-    for module in ["errors", "layers", "model", "compile", "check", "summary", "config", "cli", "train", "optimizers", "data", "checkpoint", "fit"]:
+    for module in ["errors", "layers", "model", "flax_module", "check", "summary", "config", "cli", "train", "optimizers", "data", "checkpoint", "fit"]:
         mod = importlib.import_module(f"jaxcnn.{module}")
         for name in getattr(mod, "__all__", []):
             assert hasattr(mod, name), f"jaxcnn.{module}.{name}"
@@ -28,3 +28,19 @@ def test_contract_names():
     assert callable(jaxcnn.from_keras_json) and callable(jaxcnn.load)
     del Activation, AveragePooling2D, BatchNormalization, Dropout, GlobalAveragePooling2D
     del GlobalMaxPooling2D, Input, MaxPooling2D
+
+
+def test_jaxcnn_compile_is_the_training_compile_whatever_was_imported_first():
+    import jaxcnn.check  # noqa: F401  (imports the Flax module code)
+    import jaxcnn.train
+
+    assert jaxcnn.compile is jaxcnn.train.compile
+
+
+def test_importing_jaxcnn_imports_no_model_code():
+    import subprocess
+    import sys
+
+    code = "import sys, jaxcnn, jaxcnn.cli; print(sorted(m for m in sys.modules if m.startswith(('jaxcnn', 'flax'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['jaxcnn', 'jaxcnn.cli', 'jaxcnn.errors']"
