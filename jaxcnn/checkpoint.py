@@ -14,6 +14,7 @@ import os
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxcnn.errors import CheckpointError
@@ -66,6 +67,19 @@ class Checkpoints:
         Raises:
           CheckpointError: the checkpoint is corrupt or truncated, or was written for another model.
         """
+        return self._restore(ocp.args.StandardRestore(abstract_state), step)
+
+    def restore_variables(self, abstract_variables: dict[str, Any], step: int | None = None
+                          ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Only ``{"params": ..., "batch_stats": ...}`` of the state (for serving: the optimizer
+        state is not read), and the record; as :meth:`restore` otherwise."""
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(dtype=leaf.dtype, sharding=sharding),
+                                    abstract_variables)
+        return self._restore(ocp.args.PyTreeRestore(item=abstract_variables, restore_args=restore_args,
+                                                    partial_restore=True), step)
+
+    def _restore(self, state_args: Any, step: int | None) -> tuple[Any, dict[str, Any]] | None:
         step = self.latest_step() if step is None else step
         if step is None:
             return None
@@ -82,8 +96,7 @@ class Checkpoints:
                 "was written for a different model (its fingerprint does not match this config's layers); "
                 "use another workdir, or the config it was trained with", source=str(where))
         try:
-            state = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state))).state
+            state = self._manager.restore(step, args=ocp.args.Composite(state=state_args)).state
         except Exception as error:
             raise CheckpointError(
                 f"cannot restore the training state ({type(error).__name__}: {error}); the checkpoint is "

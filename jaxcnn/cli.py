@@ -60,7 +60,29 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive, metavar="N", help="override [train] epochs")
     train.add_argument("--seed", type=int, metavar="S", help="override [train] seed")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    export = sub.add_parser("export", help="write a trained model into one file that runs without its code")
+    export.add_argument("config", metavar="CONFIG", help="the training config")
+    export.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="a workdir of `jaxcnn train` (its best checkpoint), or a checkpoints folder")
+    export.add_argument("--out", required=True, metavar="FILE", help="the export file to write")
+    export.add_argument("--platforms", default="cpu,cuda,tpu", type=_platforms, metavar="P,Q",
+                        help="platforms to lower for (default: cpu,cuda,tpu)")
+    export.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+
+    predict = sub.add_parser("predict", help="run an export file on .npy arrays or PNG/JPEG images")
+    predict.add_argument("file", metavar="FILE", help="an export file from `jaxcnn export`")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy, .png or .jpg files")
+    predict.add_argument("--top-k", type=_positive, default=5, metavar="K")
+    predict.add_argument("--batch-size", type=_positive, default=64, metavar="N")
     return parser
+
+
+def _platforms(text: str) -> tuple[str, ...]:
+    platforms = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in platforms if p not in ("cpu", "cuda", "tpu")]
+    if not platforms or unknown:
+        raise argparse.ArgumentTypeError(f"expected platforms among cpu, cuda, tpu; got {text!r}")
+    return platforms
 
 
 def _positive(text: str) -> int:
@@ -95,6 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.config).stem)
             train_and_evaluate(args.config, workdir, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+        elif args.command == "export":
+            from jaxcnn.export import export_model
+
+            manifest = export_model(args.config, args.checkpoint, args.out, platforms=args.platforms,
+                                    precision=args.precision)
+            print(f"wrote {args.out}: {manifest['model']!r}, input {tuple(manifest['input_signature']['shape'])}, "
+                  f"{manifest['precision']}, lowered for {', '.join(manifest['platforms'])}")
+        elif args.command == "predict":
+            import json
+
+            from jaxcnn.artifact import predict_files
+
+            print(json.dumps(predict_files(args.file, args.inputs, top_k=args.top_k, batch_size=args.batch_size),
+                             indent=1))
     except JaxcnnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

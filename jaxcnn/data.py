@@ -63,6 +63,8 @@ __all__ = [
     "load_digits",
     "load_npz",
     "normalization_stats",
+    "Preprocessing",
+    "prepare_from_config",
     "normalize",
     "num_batches",
     "prefetch_to_device",
@@ -593,11 +595,47 @@ def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
 # The [data] table of a training config.
 
 
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image (intensities in [0, 1], of the loader's ``raw_shape``) becomes a model input:
+    standardized with the training statistics (``mean``/``std``, empty when not standardized), then
+    fitted to ``input_shape`` by ``fit``. Recorded at training, applied again when serving."""
+
+    raw_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fit: str
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...] = ()
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """``(N, *raw_shape)`` raw images -> ``(N, *input_shape)`` model inputs, float32."""
+        images = np.asarray(images, np.float32)
+        if self.mean:
+            images = (images - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        dataset = Dataset(images, np.zeros(len(images), np.int32), 1, "inputs")
+        return fit_to_shape(dataset, self.input_shape, method=self.fit).images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        return cls(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], list) else data[f.name]
+                      for f in dataclasses.fields(cls) if f.name in data})
+
+
 def dataset_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int], seed: int,
                         source: str = "<config>") -> tuple[Dataset, Dataset, Dataset]:
     """``(train, validation, test)`` described by the ``[data]`` table of a training config:
     loaded, split with ``seed``, limited, normalized with the training statistics and fitted to
     ``input_shape``. Every error is a :class:`ConfigError` naming ``source`` and ``data.<key>``."""
+    return prepare_from_config(table, input_shape=input_shape, seed=seed, source=source)[:3]
+
+
+def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int], seed: int,
+                        source: str = "<config>") -> tuple[Dataset, Dataset, Dataset, Preprocessing]:
+    """:func:`dataset_from_config` and the :class:`Preprocessing` it applied."""
     source = str(source)
     if not isinstance(table, Mapping):
         raise ConfigError(f"[data] must be a table, got {_type_name(table)}", source=source,
@@ -689,13 +727,17 @@ def dataset_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
 
     try:
         parts = normalize(train, val, test_set, mode=normalize_mode)
+        mean, std = normalization_stats(train) if normalize_mode == "standardize" else ((), ())
     except ConfigError as error:
         raise fail("normalize", error.detail) from error
     try:
         fitted = tuple(fit_to_shape(ds, target, method=fit_method) for ds in parts)
     except ConfigError as error:
         raise fail("fit", error.detail) from error
-    return fitted  # type: ignore[return-value]
+    recipe = Preprocessing(raw_shape=train.shape, mean=tuple(float(m) for m in mean),
+                           std=tuple(float(s) for s in std), fit=fit_method, input_shape=target,
+                           class_names=tuple(full.class_names))
+    return (*fitted, recipe)  # type: ignore[return-value]
 
 
 def _resolve(path: str, source: str) -> pathlib.Path:

@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedError",
     "CheckpointError",
     "NonFiniteError",
+    "ExportError",
 ]
 
 
@@ -112,3 +113,8 @@ class CheckpointError(JaxcnnError):
 class NonFiniteError(JaxcnnError):
     """Training produced a NaN or infinite loss or gradient (the message gives the step and the
     first layer whose activations or gradients were not finite)."""
+
+
+class ExportError(JaxcnnError):
+    """An exported model file cannot be used: truncated, from another jaxcnn version, lowered for
+    other platforms, or given inputs of the wrong shape."""

@@ -187,7 +187,7 @@ def train_and_evaluate(
     model.check()  # the shapes are proved before any training step is traced
     config = TrainConfig.from_table(doc.get("train", {}), source=source)
     config = dataclasses.replace(config, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
-    train, val, test = data_lib.dataset_from_config(
+    train, val, test, preprocessing = data_lib.prepare_from_config(
         doc.get("data", {}), input_shape=model.input_shape, seed=config.seed, source=source)
     if len(train) == 0:
         raise ConfigError("the training split is empty", source=source, key="data")
@@ -215,7 +215,8 @@ def train_and_evaluate(
     if restored is None:
         state = compiled.init(config.seed)
         record: dict[str, Any] = {"history": [], "best": None, "bad_epochs": 0, "train_seconds": 0.0,
-                                  "examples": 0, "epoch_sums": None, "skipped_steps": 0}
+                                  "examples": 0, "epoch_sums": None, "skipped_steps": 0,
+                                  "preprocessing": preprocessing.to_dict(), "num_classes": train.num_classes}
         out.say(f"training {model.name!r} ({model.count_params():,} params) on {train.name}: "
                 f"{len(train)} train / {len(val)} validation / {len(test)} test examples, "
                 f"{config.epochs} epochs of {steps_per_epoch} steps, workdir {workdir}")

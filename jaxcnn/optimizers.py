@@ -122,7 +122,13 @@ def from_config(config: str | Mapping[str, Any], *, total_steps: int | None = No
     if "schedule" in table:
         if not isinstance(table["schedule"], Mapping):
             raise ConfigError("must be a table ([train.optimizer.schedule])", key="optimizer.schedule")
-        lr = schedule_from_config(table["schedule"], learning_rate, total_steps=total_steps)
+        try:
+            lr = schedule_from_config(table["schedule"], learning_rate, total_steps=total_steps)
+        except (ValueError, TypeError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"optax refused the schedule {dict(table['schedule'])} (the run has "
+                              f"{total_steps} steps): {error}", key="optimizer.schedule") from None
     kwargs = {}
     for key in own_args:
         if key in table:

@@ -309,6 +309,17 @@ class CompiledModel:
             })
         return rows
 
+    def predict_batched(self, state: TrainState, images: Any, *, batch_size: int = 256,
+                        output: str = "probabilities") -> np.ndarray:
+        """:meth:`predict` over any number of images ``(N, H, W, C)`` in fixed-size jitted batches
+        (the last padded: no new compilation), as probabilities or ``output="labels"`` (top-1)."""
+        from jaxcnn.artifact import batched
+
+        if output not in ("probabilities", "labels"):
+            raise ConfigError(f"output (={output!r}) must be 'probabilities' or 'labels'")
+        result = batched(lambda x: self.predict(state, x), np.asarray(images, np.float32), batch_size)
+        return np.argmax(result, axis=-1) if output == "labels" else result
+
     def evaluate(self, state: TrainState, batches: Any) -> dict[str, float]:
         """Exact means of the loss and metrics over an iterable of (padded, masked) batches."""
         total = Metrics.empty(self.top_k)

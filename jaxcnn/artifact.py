@@ -1,0 +1,219 @@
+"""Exported models at serving time: one file that runs without the model's Python code.
+
+An export file (written by :func:`jaxcnn.export.export_model`) is a zip archive of:
+
+* ``manifest.json``: the format, the jaxcnn and jax versions, the model's name and layer list (as
+  TOML, for the record), the input signature ``(None, H, W, C)`` float32, the platforms the forward
+  pass was lowered for, the precision, the preprocessing recipe, the class names, and the sha256 of
+  the two files below;
+* ``forward.jax_export``: ``jax.export`` serialization of the forward pass (StableHLO), with a
+  symbolic batch dimension, taking ``(parameters, images)``;
+* ``params.npz``: the parameters and batch statistics, in the forward pass's argument order.
+
+This module imports jax, numpy and :mod:`jaxcnn.data` (for the preprocessing recipe) only: a
+process that serves an export never imports the layer specs or Flax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcnn.errors import ExportError
+
+__all__ = ["FORMAT", "Artifact", "batched", "load_artifact", "predict_files", "read_inputs"]
+
+FORMAT = "jaxcnn-export/1"
+_BACKEND_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "rocm": "rocm", "tpu": "tpu"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def batched(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` over ``images`` in fixed-size batches, the last padded with zeros and cut off again.
+
+    Batches are ``batch_size`` images; fewer images than that go in one batch of the next power of
+    two, so at most ``log2(batch_size) + 1`` shapes are ever compiled, and results do not depend on
+    the batch size (each image is computed alone along the batch axis).
+    """
+    if batch_size < 1:
+        raise ExportError(f"batch_size (={batch_size}) must be positive")
+    n = len(images)
+    size = batch_size if n >= batch_size else 1 << max(n - 1, 0).bit_length()
+    outputs = []
+    for start in range(0, n, size):
+        chunk = images[start:start + size]
+        real = len(chunk)
+        if real < size:
+            chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append((fn(chunk), real))  # dispatched asynchronously: read back below
+    if not outputs:
+        return np.zeros((0,), np.float32)
+    return np.concatenate([np.asarray(y)[:real] for y, real in outputs])
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A loaded export file. ``predict(images)`` runs the forward pass; ``manifest`` says the rest."""
+
+    path: str
+    manifest: dict[str, Any]
+    exported: Any  # jax.export.Exported
+    params: tuple[Any, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["input_signature"]["shape"][1:])
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return tuple(self.exported.platforms)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = self.manifest.get("class_names") or []
+        return tuple(names) if names else tuple(str(i) for i in range(self.manifest["output_shape"][-1]))
+
+    def predict(self, images: Any, *, batch_size: int = 64, output: str = "probabilities") -> np.ndarray:
+        """The model's outputs for ``images`` ``(N, H, W, C)`` (already preprocessed model inputs):
+        ``output="probabilities"`` (or the raw outputs of a model without a softmax/sigmoid head),
+        or ``"labels"`` (the top-1 class index)."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[1:] != self.input_shape:
+            raise ExportError(
+                f"inputs of shape {tuple(images.shape)} do not fit the model's input signature "
+                f"(None, {', '.join(map(str, self.input_shape))})", source=self.path)
+        if output not in ("probabilities", "labels"):
+            raise ExportError(f"output (={output!r}) must be 'probabilities' or 'labels'")
+        result = batched(lambda x: self.exported.call(list(self.params), x), images, batch_size)
+        return np.argmax(result, axis=-1) if output == "labels" else result
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_artifact(path: str | os.PathLike[str]) -> Artifact:
+    """Read and verify an export file.
+
+    Raises:
+      ExportError: the file is missing, truncated or corrupt, was written by another jaxcnn version
+        or format, or was not lowered for this machine's platform.
+    """
+    from jaxcnn import __version__
+
+    source = os.fsdecode(path)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            manifest = json.loads(archive.read("manifest.json"))
+            forward = archive.read("forward.jax_export")
+            params_bytes = archive.read("params.npz")
+    except FileNotFoundError:
+        raise ExportError("no such file", source=source) from None
+    except (zipfile.BadZipFile, KeyError, EOFError, ValueError, OSError) as error:
+        raise ExportError(f"is truncated or not a jaxcnn export file ({type(error).__name__}: {error})",
+                          source=source) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ExportError(f"has format {found!r}; this jaxcnn reads {FORMAT!r}", source=source)
+    if manifest.get("jaxcnn_version") != __version__:
+        raise ExportError(
+            f"was written by jaxcnn {manifest.get('jaxcnn_version')}, this is jaxcnn {__version__}: "
+            "export the model again with this version", source=source)
+    for name, data in (("forward", forward), ("params", params_bytes)):
+        if manifest.get("sha256", {}).get(name) != _sha256(data):
+            raise ExportError(f"its {name} part is corrupt (sha256 mismatch)", source=source)
+    try:
+        exported = jax.export.deserialize(bytearray(forward))
+        with np.load(io.BytesIO(params_bytes)) as npz:
+            params = tuple(npz[f"p{i:05d}"] for i in range(len(npz.files)))
+    except Exception as error:  # noqa: BLE001 - any failure here means a damaged file
+        raise ExportError(f"cannot be deserialized ({type(error).__name__}: {error})", source=source) from None
+    platform = _BACKEND_PLATFORMS.get(jax.default_backend(), jax.default_backend())
+    if platform not in exported.platforms:
+        raise ExportError(
+            f"was lowered for {', '.join(exported.platforms)}, not for this machine's {platform}: export "
+            f"it again with --platforms {platform}", source=source)
+    return Artifact(source, manifest, exported, params)
+
+
+def read_inputs(paths: Sequence[str | os.PathLike[str]], manifest: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """Raw inputs -> model inputs, with the preprocessing the model was trained with.
+
+    ``.npy`` files hold raw images as the training data's loader gives them (``(H, W)``,
+    ``(H, W, C)`` or ``(N, H, W, C)`` of the raw shape; floats in [0, 1], or uint8 0..255).
+    PNG and JPEG images are converted to the raw channels, resized (bilinear) to the raw height and
+    width, and scaled to [0, 1]. Returns the inputs and a label for each (``file`` or ``file[i]``).
+    """
+    from jaxcnn.data import Preprocessing
+
+    recipe = Preprocessing.from_dict(manifest["preprocessing"])
+    raw_h, raw_w, raw_c = recipe.raw_shape
+    arrays, names = [], []
+    for path in paths:
+        source = os.fsdecode(path)
+        suffix = pathlib.PurePath(source).suffix.lower()
+        if suffix == ".npy":
+            try:
+                array = np.load(source, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise ExportError(f"cannot read the array: {error}", source=source) from None
+            if array.dtype == np.uint8:
+                array = array.astype(np.float32) / 255.0
+            array = np.asarray(array, np.float32)
+            if array.ndim == 2:
+                array = array[None, :, :, None]
+            elif array.ndim == 3:
+                array = array[None] if array.shape == recipe.raw_shape else array[..., None]
+            if array.ndim != 4 or array.shape[1:] != recipe.raw_shape:
+                raise ExportError(
+                    f"holds images of shape {tuple(np.shape(np.load(source)))}; the model takes raw images of "
+                    f"shape {recipe.raw_shape} (one, or a stack (N, {raw_h}, {raw_w}, {raw_c}))", source=source)
+            arrays.append(array)
+            names += [source] if len(array) == 1 else [f"{source}[{i}]" for i in range(len(array))]
+        elif suffix in IMAGE_SUFFIXES:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(source) as image:
+                    image = image.convert("L" if raw_c == 1 else "RGB").resize((raw_w, raw_h), Image.BILINEAR)
+                    array = np.asarray(image, np.float32) / 255.0
+            except (OSError, UnidentifiedImageError) as error:
+                raise ExportError(f"cannot read the image: {error}", source=source) from None
+            if raw_c not in (1, 3):
+                raise ExportError(f"the model takes {raw_c}-channel images; PNG/JPEG give 1 or 3", source=source)
+            arrays.append(array.reshape(1, raw_h, raw_w, raw_c))
+            names.append(source)
+        else:
+            raise ExportError(f"unknown input type {suffix or '(none)'!r}: give .npy, .png or .jpg files",
+                              source=source)
+    if not arrays:
+        raise ExportError("no inputs given")
+    return recipe.apply(np.concatenate(arrays)), names
+
+
+def predict_files(artifact_path: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
+                  top_k: int = 5, batch_size: int = 64) -> dict[str, Any]:
+    """``jaxcnn predict FILE INPUT...``: the top-k classes of each input, as a JSON-ready dict."""
+    artifact = load_artifact(artifact_path)
+    images, names = read_inputs(inputs, artifact.manifest)
+    probabilities = artifact.predict(images, batch_size=batch_size)
+    k = max(1, min(top_k, probabilities.shape[-1]))
+    classes = artifact.class_names
+    predictions = []
+    for name, row in zip(names, probabilities):
+        order = np.argsort(-row, kind="stable")[:k]
+        predictions.append({"input": name, "top_k": [
+            {"class": int(c), "name": classes[c] if c < len(classes) else str(c), "probability": float(row[c])}
+            for c in order]})
+    return {"model": artifact.manifest["model"], "platform": jax.default_backend(),
+            "precision": artifact.manifest["precision"], "predictions": predictions}

@@ -1,0 +1,127 @@
+"""Export a trained model into one file that runs without the model's code (see :mod:`jaxcnn.artifact`).
+
+``jaxcnn export CONFIG --checkpoint DIR --out FILE`` is :func:`export_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.artifact import FORMAT
+from jaxcnn.checkpoint import Checkpoints, model_fingerprint
+from jaxcnn.config import from_dict, read_document
+from jaxcnn.errors import ExportError, JaxcnnError
+from jaxcnn.train import CompiledModel, compile, params_sha256
+
+__all__ = ["PLATFORMS", "checkpoint_folder", "export_model", "forward_function"]
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def checkpoint_folder(path: str | os.PathLike[str]) -> pathlib.Path:
+    """The folder of numbered checkpoints that ``path`` names: a workdir (its ``best/``, else its
+    ``checkpoints/``) or such a folder itself."""
+    path = pathlib.Path(path)
+    for candidate in (path / "best", path / "checkpoints", path):
+        if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
+            return candidate
+    raise ExportError("holds no checkpoint (a workdir of `jaxcnn train`, or its checkpoints/ or best/)",
+                      source=str(path))
+
+
+def forward_function(compiled: CompiledModel, treedef: Any) -> Any:
+    """``f(leaves, images) -> outputs``: the inference forward pass over flat parameters, the
+    model's head (softmax/sigmoid) applied, in the compiled model's precision, float32 out."""
+
+    def forward(leaves: list[jax.Array], images: jax.Array) -> jax.Array:
+        variables = jax.tree.unflatten(treedef, leaves)
+        state_like = variables["params"], variables["batch_stats"]
+        logits, _ = compiled._logits(*state_like, images, train=False)
+        return compiled._activate(logits).astype(jnp.float32)
+
+    return forward
+
+
+def export_model(
+    config_path: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    platforms: Sequence[str] = PLATFORMS,
+    precision: str = "float32",
+) -> dict[str, Any]:
+    """Write the model of ``config_path`` with the parameters of ``checkpoint`` to ``out``.
+
+    The forward pass is serialized with ``jax.export`` for a symbolic batch dimension, lowered for
+    every platform in ``platforms`` at once (a CPU-only machine can lower for cuda and tpu). Returns
+    the manifest.
+    """
+    source = os.fsdecode(config_path)
+    for platform in platforms:
+        if platform not in PLATFORMS:
+            raise ExportError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
+    model = from_dict(read_document(config_path), source=source)
+    try:
+        compiled = compile(model, "sgd", precision=precision)  # the optimizer plays no part in serving
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    folder = checkpoint_folder(checkpoint)
+    abstract = compiled.abstract_state()
+    restored = Checkpoints(folder, fingerprint=model_fingerprint(model), keep=10**6).restore_variables(
+        {"params": abstract.params, "batch_stats": abstract.batch_stats})
+    if restored is None:  # pragma: no cover - checkpoint_folder found numbered folders
+        raise ExportError("holds no checkpoint", source=str(folder))
+    variables, record = restored
+    leaves, treedef = jax.tree.flatten(variables)
+    (batch,) = jax.export.symbolic_shape("batch")
+    exported = jax.export.export(jax.jit(forward_function(compiled, treedef)), platforms=tuple(platforms))(
+        [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves],
+        jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32))
+    forward = exported.serialize()
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"p{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    params = buffer.getvalue()
+
+    from jaxcnn import __version__
+
+    preprocessing = record.get("preprocessing")
+    if preprocessing is None:
+        raise ExportError("its record has no preprocessing recipe (a checkpoint from an older jaxcnn?)",
+                          source=str(folder))
+    manifest = {
+        "format": FORMAT,
+        "jaxcnn_version": __version__,
+        "jax_version": jax.__version__,
+        "model": model.name,
+        "layers_toml": model.to_toml(),
+        "input_signature": {"shape": [None, *model.input_shape], "dtype": "float32"},
+        "output_shape": [None, *model.output_shape],
+        "outputs": {"softmax": "probabilities", "sigmoid": "probabilities"}.get(compiled.head or "", "logits"),
+        "platforms": list(exported.platforms),
+        "precision": precision,
+        "preprocessing": preprocessing,
+        "class_names": list(preprocessing.get("class_names", [])),
+        "checkpoint": {"folder": str(folder), "step": int(record["step"])},
+        "params_sha256": params_sha256(variables["params"]),
+        "sha256": {"forward": hashlib.sha256(forward).hexdigest(), "params": hashlib.sha256(params).hexdigest()},
+    }
+    target = pathlib.Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.tmp")
+    with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest, indent=1))
+        archive.writestr("forward.jax_export", bytes(forward))
+        archive.writestr("params.npz", params)
+    os.replace(temp, target)
+    return manifest
