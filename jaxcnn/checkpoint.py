@@ -57,6 +57,8 @@ class Checkpoints:
     def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
         """Write the checkpoint of ``step`` (replacing one of the same step)."""
         record = {**record, "fingerprint": self.fingerprint, "step": int(step)}
+        if int(step) in self._manager.all_steps():  # e.g. best/ after a resumed run reaches it again
+            self._manager.delete(int(step))
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()

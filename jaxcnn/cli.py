@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--format", choices=("text", "rich", "json"), default="text")
     summary.add_argument("--flops", action="store_true", help="add forward FLOPs per layer")
     summary.add_argument("--columns", type=_columns, default=(), metavar="A,B",
-                         help="more columns: memory, receptive_field, formula")
+                         help="more columns: memory, receptive_field, formula, lowering")
 
     check = sub.add_parser("check", help="prove every layer's shapes with jax.eval_shape against the formulas")
     check.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")

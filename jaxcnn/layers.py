@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
 
 __all__ = [
@@ -165,6 +166,12 @@ def _activation(layer: str, arg: str, value: Any) -> str | None:
         known = ", ".join(sorted(set(ACTIVATIONS) | set(_ACTIVATION_ALIASES) - {"none"}))
         raise _fail(layer, arg, value, f"is not a known activation; known: {known}")
     return None if name == "linear" else name
+
+
+def _choice(layer: str, arg: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(layer, arg, value, f"must be one of {', '.join(repr(c) for c in choices)}")
+    return value
 
 
 def _initializer(layer: str, arg: str, value: Any) -> str:
@@ -342,6 +349,12 @@ class Layer:
 
     mixes_positions: ClassVar[bool] = False  # True where every output sees the whole input
 
+    def lowering_for(self, input_shape: Shape, backend: str | None = None) -> str | None:
+        """The XLA program this layer compiles to for ``input_shape`` on ``backend`` (the default
+        backend when ``None``), where there is a choice (see :mod:`jaxcnn.lowerings`); else ``None``."""
+        del input_shape, backend
+        return None
+
     # The computation.
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del module, train
@@ -385,6 +398,7 @@ class Conv2D(_Windowed):
     use_bias: bool = True
     kernel_initializer: str = "glorot_uniform"
     bias_initializer: str = "zeros"
+    lowering: str = "auto"  # jaxcnn's: "auto" (chosen from the shapes), "conv" or "patches"
 
     has_params: ClassVar[bool] = True
 
@@ -393,6 +407,7 @@ class Conv2D(_Windowed):
         t = self.type
         _set(
             self,
+            lowering=_choice(t, "lowering", self.lowering, lowerings.CONV_LOWERINGS),
             filters=_positive_int(t, "filters", self.filters),
             kernel_size=_pair(t, "kernel_size", self.kernel_size),
             strides=_pair(t, "strides", self.strides),
@@ -436,19 +451,20 @@ class Conv2D(_Windowed):
         eff = tuple((f - 1) * d + 1 for f, d in zip(self.kernel_size, self.dilation_rate))
         return eff, self.strides
 
+    def lowering_for(self, input_shape: Shape, backend: str | None = None) -> str:
+        if self.lowering != "auto":
+            return self.lowering
+        h, w, _ = self.output_shape(tuple(input_shape))
+        return lowerings.choose_conv((h, w), backend)
+
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
         kernel = module.param(
             "kernel", INITIALIZERS[self.kernel_initializer],
             (*self.kernel_size, x.shape[-1], self.filters), jnp.float32,
         )
-        y = lax.conv_general_dilated(
-            x, kernel.astype(x.dtype),
-            window_strides=self.strides,
-            padding=self.padding.upper(),
-            rhs_dilation=self.dilation_rate,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = lowerings.conv(x, kernel.astype(x.dtype), strides=self.strides, padding=self.padding,
+                           dilation=self.dilation_rate, lowering=self.lowering_for(x.shape[1:]))
         if self.use_bias:
             bias = module.param("bias", INITIALIZERS[self.bias_initializer], (self.filters,), jnp.float32)
             y = y + bias.astype(y.dtype)
@@ -466,13 +482,26 @@ class _Pooling2D(_Windowed):
     pool_size: int | tuple[int, int] = 2
     strides: int | tuple[int, int] | None = None
     padding: str = "valid"
+    lowering: str = "auto"  # jaxcnn's: "auto", "reduce_window" or "reshape" (tiling windows only)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         t = self.type
         pool = _pair(t, "pool_size", self.pool_size)
         strides = pool if self.strides is None else _pair(t, "strides", self.strides)
-        _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding))
+        _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding),
+             lowering=_choice(t, "lowering", self.lowering, lowerings.POOL_LOWERINGS))
+
+    def lowering_for(self, input_shape: Shape, backend: str | None = None) -> str:
+        hw = (input_shape[0], input_shape[1])
+        if self.lowering == "reshape" and not lowerings.tiles(hw, self.pool_size, self.strides, self.padding):
+            raise ImpossibleShapeError(
+                f"lowering='reshape' needs windows that tile the input (pool_size == strides, padding "
+                f"'valid', sizes divisible); pool {self.pool_size}, strides {self.strides}, padding "
+                f"'{self.padding}' on {hw[0]}x{hw[1]} do not", layer_type=self.type)
+        if self.lowering != "auto":
+            return self.lowering
+        return lowerings.choose_pool(hw, self.pool_size, self.strides, self.padding, backend)
 
     @classmethod
     def _canonical(cls, field: str, default: Any) -> Any:
@@ -486,6 +515,7 @@ class _Pooling2D(_Windowed):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         (h, w), _ = self._spatial(input_shape, self.pool_size, self.strides, (1, 1), self.padding, "pool")
+        self.lowering_for(input_shape)  # a forced lowering that cannot apply is refused here
         return (h, w, input_shape[2])
 
     def formula(self, input_shape: Shape) -> Formula:
@@ -495,9 +525,9 @@ class _Pooling2D(_Windowed):
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return self.pool_size, self.strides
 
-    def _pads(self, x: jax.Array) -> list[tuple[int, int]]:
-        return lax.padtype_to_pads(x.shape, (1, *self.pool_size, 1), (1, *self.strides, 1),
-                                   self.padding.upper())
+    def _window_args(self, x: jax.Array) -> dict[str, Any]:
+        return {"pool": self.pool_size, "strides": self.strides, "padding": self.padding,
+                "lowering": self.lowering_for(x.shape[1:])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,8 +536,7 @@ class MaxPooling2D(_Pooling2D):
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del module, train
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, *self.pool_size, 1),
-                                 (1, *self.strides, 1), self._pads(x))
+        return lowerings.max_pool(x, **self._window_args(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,13 +546,12 @@ class AveragePooling2D(_Pooling2D):
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del module, train
-        dims, strides, pads = (1, *self.pool_size, 1), (1, *self.strides, 1), self._pads(x)
-        total = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
+        args = self._window_args(x)
+        total = lowerings.sum_pool(x, **args)
         if self.padding == "valid":
             return total / (self.pool_size[0] * self.pool_size[1])
         ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-        count = lax.reduce_window(ones, 0.0, lax.add, dims, strides, pads)
-        return total / count
+        return total / lowerings.sum_pool(ones, **{**args, "lowering": "reduce_window"})
 
 
 @dataclasses.dataclass(frozen=True)

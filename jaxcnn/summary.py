@@ -29,6 +29,7 @@ COLUMNS = {
     "memory": "Activations",
     "receptive_field": "Receptive field",
     "formula": "Formula",
+    "lowering": "Lowering",
 }
 FORMATS = ("text", "rich", "json")
 
@@ -63,6 +64,7 @@ class Row:
     activation_bytes: int
     receptive_field: tuple[int, int] | None  # None where every output sees the whole input
     formula: Formula
+    lowering: str | None = None  # the XLA program chosen on the default backend, where there is a choice
 
     def cell(self, column: str) -> str:
         if column == "flops":
@@ -73,6 +75,8 @@ class Row:
             return "global" if self.receptive_field is None else "{}x{}".format(*self.receptive_field)
         if column == "formula":
             return f"{self.formula.output} | params: {self.formula.params}"
+        if column == "lowering":
+            return self.lowering or "-"
         raise KeyError(column)
 
 
@@ -127,6 +131,7 @@ class Summary:
                     "activation_bytes": r.activation_bytes,
                     "receptive_field": None if r.receptive_field is None else list(r.receptive_field),
                     "formula": {"output": r.formula.output, "params": r.formula.params},
+                    "lowering": r.lowering,
                 }
                 for r in self.rows
             ],
@@ -181,7 +186,7 @@ def summarize(model: Sequential, *, check: bool = True) -> Summary:
             non_trainable_params=p.non_trainable_params,
             param_shapes={c: dict(s) for c, s in p.param_shapes.items()},
             flops=p.flops(), activation_bytes=elements * BYTES_PER_ACTIVATION,
-            receptive_field=field, formula=p.formula(),
+            receptive_field=field, formula=p.formula(), lowering=p.layer.lowering_for(p.input_shape),
         ))
     return Summary(model.name, (None, *model.input_shape), tuple(rows), proved=check)
 

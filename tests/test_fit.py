@@ -226,3 +226,19 @@ def test_jaxcnn_train_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", str(config), "--epochs", "0"])
     assert info.value.code == 2
+
+
+def test_a_checkpoint_of_the_same_step_is_replaced(tmp_path):
+    """A run resumed after dying between its best/ and checkpoints/ saves reaches that step again."""
+    from jaxcnn.checkpoint import Checkpoints
+    from jaxcnn.layers import Dense
+    from jaxcnn.train import compile, params_sha256
+    import jaxcnn
+
+    compiled = compile(jaxcnn.Sequential([Dense(3, input_shape=(4,))]), "sgd")
+    checkpoints = Checkpoints(tmp_path / "c", fingerprint="f")
+    checkpoints.save(5, compiled.init(0), {"n": 1})
+    other = compiled.init(1)
+    checkpoints.save(5, other, {"n": 2})
+    state, record = checkpoints.restore(compiled.abstract_state())
+    assert record["n"] == 2 and params_sha256(state.params) == params_sha256(other.params)

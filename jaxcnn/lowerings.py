@@ -1,0 +1,111 @@
+"""Lowerings: the XLA programs a layer can compile to, and the rule that picks one per layer.
+
+The same layer spec can lower to different XLA programs with the same values and gradients:
+
+* a convolution as ``lax.conv_general_dilated`` (``"conv"``), or as its padded input's shifted
+  slices concatenated along channels and one matmul with the reshaped kernel (``"patches"``; its
+  weight gradient is then one matmul too, without a hand-written VJP);
+* a max or average pooling as ``lax.reduce_window`` (``"reduce_window"``), or, where the windows
+  tile the input (``pool_size == strides``, VALID, sizes divisible), as a reshape and a reduction
+  (``"reshape"``).
+
+Ties in max pooling: ``"reduce_window"`` differentiates through XLA's select-and-scatter, which
+gives a window's whole gradient to its first maximal element (row-major order); ``"reshape"``
+differentiates ``max`` as JAX does, sharing it equally among the tied maxima. Both are valid
+subgradients; they differ only where a window holds equal maxima (a test shows both).
+
+The rule ``choose_*`` is measured on XLA's CPU backend with jax 0.10.2 (`experiments/bench_train.py`
+and the probe in its docstring): a 3x3 convolution on a 2x2 map with 512 channels at batch 256 takes
+1,617 ms as ``lax.conv`` and 26.7 ms as patches, while from 4x4 maps up ``lax.conv`` is faster (81 ms
+against 109 ms at 4x4x512). So on CPU a convolution whose output map has at most 4 positions uses
+patches; on GPU and TPU every convolution uses ``lax.conv`` (cuDNN / the TPU's convolution units).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "CONV_LOWERINGS",
+    "POOL_LOWERINGS",
+    "choose_conv",
+    "choose_pool",
+    "conv",
+    "max_pool",
+    "sum_pool",
+]
+
+CONV_LOWERINGS = ("auto", "conv", "patches")
+POOL_LOWERINGS = ("auto", "reduce_window", "reshape")
+_SMALL_MAP = 4  # output positions (H_out * W_out) at or below which patches win on CPU
+
+
+def choose_conv(output_hw: tuple[int, int], backend: str | None = None) -> str:
+    """``"patches"`` or ``"conv"`` for a convolution with this output map on ``backend``."""
+    backend = backend or jax.default_backend()
+    if backend == "cpu" and output_hw[0] * output_hw[1] <= _SMALL_MAP:
+        return "patches"
+    return "conv"
+
+
+def tiles(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int], padding: str) -> bool:
+    """Whether the pooling windows tile the input exactly (no overlap, no remainder, no padding)."""
+    return (padding == "valid" and tuple(pool) == tuple(strides)
+            and input_hw[0] % pool[0] == 0 and input_hw[1] % pool[1] == 0)
+
+
+def choose_pool(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int], padding: str,
+                backend: str | None = None) -> str:
+    """``"reshape"`` where the windows tile the input on CPU (its backward is 10x faster than
+    select-and-scatter there), else ``"reduce_window"``."""
+    backend = backend or jax.default_backend()
+    return "reshape" if backend == "cpu" and tiles(input_hw, pool, strides, padding) else "reduce_window"
+
+
+def conv(x: jax.Array, kernel: jax.Array, *, strides: tuple[int, int], padding: str,
+         dilation: tuple[int, int], lowering: str) -> jax.Array:
+    """A 2D convolution, NHWC input and HWIO kernel, as ``lowering`` (``"conv"`` or ``"patches"``)."""
+    if lowering == "conv":
+        return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding.upper(),
+                                        rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kh, kw, c, f = kernel.shape
+    effective = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+    (pt, pb), (pl, pr) = lax.padtype_to_pads(x.shape[1:3], effective, strides, padding.upper())
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho = (xp.shape[1] - effective[0]) // strides[0] + 1
+    wo = (xp.shape[2] - effective[1]) // strides[1] + 1
+    columns = [
+        lax.slice(xp, (0, i * dilation[0], j * dilation[1], 0),
+                  (xp.shape[0], i * dilation[0] + (ho - 1) * strides[0] + 1,
+                   j * dilation[1] + (wo - 1) * strides[1] + 1, c),
+                  (1, strides[0], strides[1], 1))
+        for i in range(kh) for j in range(kw)
+    ]
+    patches = columns[0] if len(columns) == 1 else jnp.concatenate(columns, axis=-1)
+    out = jnp.matmul(patches.reshape(-1, kh * kw * c), kernel.reshape(kh * kw * c, f))
+    return out.reshape(x.shape[0], ho, wo, f)
+
+
+def _pads(x: jax.Array, pool: tuple[int, int], strides: tuple[int, int], padding: str) -> list[tuple[int, int]]:
+    return lax.padtype_to_pads(x.shape, (1, *pool, 1), (1, *strides, 1), padding.upper())
+
+
+def max_pool(x: jax.Array, *, pool: tuple[int, int], strides: tuple[int, int], padding: str,
+             lowering: str) -> jax.Array:
+    """Max pooling (SAME pads with -inf), as ``"reduce_window"`` or ``"reshape"`` (tiling windows only)."""
+    if lowering == "reshape":
+        b, h, w, c = x.shape
+        return x.reshape(b, h // pool[0], pool[0], w // pool[1], pool[1], c).max(axis=(2, 4))
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *pool, 1), (1, *strides, 1),
+                             _pads(x, pool, strides, padding))
+
+
+def sum_pool(x: jax.Array, *, pool: tuple[int, int], strides: tuple[int, int], padding: str,
+             lowering: str) -> jax.Array:
+    """Window sums (average pooling divides them), as ``"reduce_window"`` or ``"reshape"``."""
+    if lowering == "reshape":
+        b, h, w, c = x.shape
+        return x.reshape(b, h // pool[0], pool[0], w // pool[1], pool[1], c).sum(axis=(2, 4))
+    return lax.reduce_window(x, 0.0, lax.add, (1, *pool, 1), (1, *strides, 1), _pads(x, pool, strides, padding))
