@@ -39,6 +39,8 @@ def _columns(text: str) -> tuple[str, ...]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxcnn", description="Keras-style CNN layer lists, proved with jax.eval_shape and compiled to Flax.")
+    parser.add_argument("--xla-fast-cpu", action="store_true",
+                        help="opt in to the experimental XLA CPU flags of jaxcnn.xla_flags (also: JAXCNN_XLA_FAST_CPU=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     summary = sub.add_parser("summary", help="print a model's summary (its shapes proved first)")
@@ -98,6 +100,10 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from jaxcnn import xla_flags
+
+        if args.xla_fast_cpu or xla_flags.fast_cpu_requested():
+            xla_flags.enable_fast_cpu()
         if args.command == "summary":
             from jaxcnn.summary import summarize_file
 

@@ -349,11 +349,16 @@ class Layer:
 
     mixes_positions: ClassVar[bool] = False  # True where every output sees the whole input
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None) -> str | None:
-        """The XLA program this layer compiles to for ``input_shape`` on ``backend`` (the default
-        backend when ``None``), where there is a choice (see :mod:`jaxcnn.lowerings`); else ``None``."""
-        del input_shape, backend
+    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None) -> str | None:
+        """The XLA program this layer compiles to for ``batch`` inputs of ``input_shape`` on
+        ``backend`` (the default backend when ``None``), where there is a choice (see
+        :mod:`jaxcnn.lowerings`); else ``None``."""
+        del input_shape, backend, batch
         return None
+
+    def describe_lowering(self, input_shape: Shape) -> str | None:
+        """:meth:`lowering_for` in words for the summary, where it depends on the batch size."""
+        return self.lowering_for(input_shape)
 
     # The computation.
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
@@ -451,11 +456,17 @@ class Conv2D(_Windowed):
         eff = tuple((f - 1) * d + 1 for f, d in zip(self.kernel_size, self.dilation_rate))
         return eff, self.strides
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None) -> str:
+    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None) -> str:
         if self.lowering != "auto":
             return self.lowering
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.choose_conv((h, w), backend)
+        return lowerings.choose_conv((h, w), backend, batch)
+
+    def describe_lowering(self, input_shape: Shape) -> str:
+        if self.lowering != "auto":
+            return self.lowering
+        h, w, _ = self.output_shape(tuple(input_shape))
+        return lowerings.describe_conv((h, w))
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
@@ -464,7 +475,8 @@ class Conv2D(_Windowed):
             (*self.kernel_size, x.shape[-1], self.filters), jnp.float32,
         )
         y = lowerings.conv(x, kernel.astype(x.dtype), strides=self.strides, padding=self.padding,
-                           dilation=self.dilation_rate, lowering=self.lowering_for(x.shape[1:]))
+                           dilation=self.dilation_rate,
+                           lowering=self.lowering_for(x.shape[1:], batch=x.shape[0]))
         if self.use_bias:
             bias = module.param("bias", INITIALIZERS[self.bias_initializer], (self.filters,), jnp.float32)
             y = y + bias.astype(y.dtype)
@@ -492,7 +504,8 @@ class _Pooling2D(_Windowed):
         _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding),
              lowering=_choice(t, "lowering", self.lowering, lowerings.POOL_LOWERINGS))
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None) -> str:
+    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None) -> str:
+        del batch
         hw = (input_shape[0], input_shape[1])
         if self.lowering == "reshape" and not lowerings.tiles(hw, self.pool_size, self.strides, self.padding):
             raise ImpossibleShapeError(

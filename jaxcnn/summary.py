@@ -186,7 +186,7 @@ def summarize(model: Sequential, *, check: bool = True) -> Summary:
             non_trainable_params=p.non_trainable_params,
             param_shapes={c: dict(s) for c, s in p.param_shapes.items()},
             flops=p.flops(), activation_bytes=elements * BYTES_PER_ACTIVATION,
-            receptive_field=field, formula=p.formula(), lowering=p.layer.lowering_for(p.input_shape),
+            receptive_field=field, formula=p.formula(), lowering=p.layer.describe_lowering(p.input_shape),
         ))
     return Summary(model.name, (None, *model.input_shape), tuple(rows), proved=check)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,18 @@ def test_the_installed_console_script(tmp_path):
     assert "1,199,882 params" in out.stdout
     out = subprocess.run([*cmd, "summary"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2 and "usage: jaxcnn" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_fast_cpu_flags_are_opt_in_and_refused_once_jax_has_started(tmp_path):
+    code = ("import os, jaxcnn.xla_flags as f; f.enable_fast_cpu(); f.enable_fast_cpu(); print(os.environ['XLA_FLAGS']);"
+            "import jax; jax.numpy.zeros(1);"
+            "os.environ['XLA_FLAGS'] = '';\n"
+            "try:\n    f.enable_fast_cpu()\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    lines = out.stdout.splitlines()
+    assert lines[0] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"  # added once
+    assert lines[1].startswith("JaxcnnError XLA flags must be set before JAX starts its backends")
+    plain = subprocess.run([sys.executable, "-c", "import os, jaxcnn, jaxcnn.cli; print(repr(os.environ.get('XLA_FLAGS', '')))"],
+                           capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    assert plain.stdout.strip() == "''"  # importing jaxcnn sets nothing
