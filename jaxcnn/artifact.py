@@ -7,7 +7,8 @@ An export file (written by :func:`jaxcnn.export.export_model`) is a zip archive 
   pass was lowered for, the precision, the preprocessing recipe, the class names, and the sha256 of
   the two files below;
 * ``forward.jax_export``: ``jax.export`` serialization of the forward pass (StableHLO), with a
-  symbolic batch dimension, taking ``(parameters, images)``;
+  symbolic batch dimension, taking ``(parameters, images)``; ``forward_small.jax_export``: the same
+  with the lowerings chosen for small batches (at most ``small_batch`` images), used for those;
 * ``params.npz``: the parameters and batch statistics, in the forward pass's argument order.
 
 This module imports jax, numpy and :mod:`jaxcnn.data` (for the preprocessing recipe) only: a
@@ -69,13 +70,15 @@ class Artifact:
     manifest: dict[str, Any]
     exported: Any  # jax.export.Exported
     params: tuple[Any, ...]
+    exported_small: Any = None  # the small-batch variant, when the file has one
 
-    @property
-    def _call(self) -> Any:
-        # One jitted wrapper per artifact: exported.call re-traced at every call costs ~0.5 ms.
-        if "_jitted" not in self.__dict__:
-            object.__setattr__(self, "_jitted", jax.jit(self.exported.call))
-        return self.__dict__["_jitted"]
+    def _call(self, params: list[Any], images: Any) -> Any:
+        # One jitted wrapper per program: exported.call re-traced at every call costs ~0.5 ms.
+        small = self.exported_small is not None and len(images) <= self.manifest.get("small_batch", 0)
+        key = "_jitted_small" if small else "_jitted"
+        if key not in self.__dict__:
+            object.__setattr__(self, key, jax.jit((self.exported_small if small else self.exported).call))
+        return self.__dict__[key](params, images)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -123,6 +126,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         with zipfile.ZipFile(source) as archive:
             manifest = json.loads(archive.read("manifest.json"))
             forward = archive.read("forward.jax_export")
+            forward_small = archive.read("forward_small.jax_export")
             params_bytes = archive.read("params.npz")
     except FileNotFoundError:
         raise ExportError("no such file", source=source) from None
@@ -136,11 +140,12 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         raise ExportError(
             f"was written by jaxcnn {manifest.get('jaxcnn_version')}, this is jaxcnn {__version__}: "
             "export the model again with this version", source=source)
-    for name, data in (("forward", forward), ("params", params_bytes)):
+    for name, data in (("forward", forward), ("forward_small", forward_small), ("params", params_bytes)):
         if manifest.get("sha256", {}).get(name) != _sha256(data):
             raise ExportError(f"its {name} part is corrupt (sha256 mismatch)", source=source)
     try:
         exported = jax.export.deserialize(bytearray(forward))
+        exported_small = jax.export.deserialize(bytearray(forward_small))
         with np.load(io.BytesIO(params_bytes)) as npz:
             params = tuple(npz[f"p{i:05d}"] for i in range(len(npz.files)))
     except Exception as error:  # noqa: BLE001 - any failure here means a damaged file
@@ -151,7 +156,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             f"was lowered for {', '.join(exported.platforms)}, not for this machine's {platform}: export "
             f"it again with --platforms {platform}", source=source)
     # On the device once, not at every call (a batch-1 call would otherwise copy every parameter).
-    return Artifact(source, manifest, exported, tuple(jax.device_put(p) for p in params))
+    return Artifact(source, manifest, exported, tuple(jax.device_put(p) for p in params), exported_small)
 
 
 def read_inputs(paths: Sequence[str | os.PathLike[str]], manifest: dict[str, Any]) -> tuple[np.ndarray, list[str]]:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import lowerings
 from jaxcnn.artifact import FORMAT
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
@@ -85,10 +86,15 @@ def export_model(
     variables, record = restored
     leaves, treedef = jax.tree.flatten(variables)
     (batch,) = jax.export.symbolic_shape("batch")
-    exported = jax.export.export(jax.jit(forward_function(compiled, treedef)), platforms=tuple(platforms))(
-        [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves],
-        jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32))
+    arguments = ([jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves],
+                 jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32))
+    function = jax.jit(forward_function(compiled, treedef))
+    exported = jax.export.export(function, platforms=tuple(platforms))(*arguments)
     forward = exported.serialize()
+    # The lowering rule depends on the batch size (jaxcnn.lowerings); a symbolic batch gets the
+    # large-batch choice, so a second program with the small-batch choice serves batches <= 8.
+    with lowerings.assume_batch(1):
+        forward_small = jax.export.export(function, platforms=tuple(platforms))(*arguments).serialize()
     buffer = io.BytesIO()
     np.savez(buffer, **{f"p{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
     params = buffer.getvalue()
@@ -114,7 +120,10 @@ def export_model(
         "class_names": list(preprocessing.get("class_names", [])),
         "checkpoint": {"folder": str(folder), "step": int(record["step"])},
         "params_sha256": params_sha256(variables["params"]),
-        "sha256": {"forward": hashlib.sha256(forward).hexdigest(), "params": hashlib.sha256(params).hexdigest()},
+        "small_batch": lowerings.SMALL_BATCH,
+        "sha256": {"forward": hashlib.sha256(forward).hexdigest(),
+                   "forward_small": hashlib.sha256(forward_small).hexdigest(),
+                   "params": hashlib.sha256(params).hexdigest()},
     }
     target = pathlib.Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +131,7 @@ def export_model(
     with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("manifest.json", json.dumps(manifest, indent=1))
         archive.writestr("forward.jax_export", bytes(forward))
+        archive.writestr("forward_small.jax_export", bytes(forward_small))
         archive.writestr("params.npz", params)
     os.replace(temp, target)
     return manifest

@@ -349,11 +349,12 @@ class Layer:
 
     mixes_positions: ClassVar[bool] = False  # True where every output sees the whole input
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None) -> str | None:
+    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None,
+                     train: bool = False) -> str | None:
         """The XLA program this layer compiles to for ``batch`` inputs of ``input_shape`` on
-        ``backend`` (the default backend when ``None``), where there is a choice (see
-        :mod:`jaxcnn.lowerings`); else ``None``."""
-        del input_shape, backend, batch
+        ``backend`` (the default backend when ``None``), in a training step or not, where there is a
+        choice (see :mod:`jaxcnn.lowerings`); else ``None``."""
+        del input_shape, backend, batch, train
         return None
 
     def describe_lowering(self, input_shape: Shape) -> str | None:
@@ -456,27 +457,27 @@ class Conv2D(_Windowed):
         eff = tuple((f - 1) * d + 1 for f, d in zip(self.kernel_size, self.dilation_rate))
         return eff, self.strides
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None) -> str:
+    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None,
+                     train: bool = False) -> str:
         if self.lowering != "auto":
             return self.lowering
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.choose_conv((h, w), backend, batch)
+        return lowerings.choose_conv((h, w), backend, batch, train=train, in_channels=input_shape[-1])
 
     def describe_lowering(self, input_shape: Shape) -> str:
         if self.lowering != "auto":
             return self.lowering
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.describe_conv((h, w))
+        return lowerings.describe_conv((h, w), in_channels=input_shape[-1])
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
-        del train
         kernel = module.param(
             "kernel", INITIALIZERS[self.kernel_initializer],
             (*self.kernel_size, x.shape[-1], self.filters), jnp.float32,
         )
         y = lowerings.conv(x, kernel.astype(x.dtype), strides=self.strides, padding=self.padding,
                            dilation=self.dilation_rate,
-                           lowering=self.lowering_for(x.shape[1:], batch=x.shape[0]))
+                           lowering=self.lowering_for(x.shape[1:], batch=x.shape[0], train=train))
         if self.use_bias:
             bias = module.param("bias", INITIALIZERS[self.bias_initializer], (self.filters,), jnp.float32)
             y = y + bias.astype(y.dtype)
@@ -504,8 +505,9 @@ class _Pooling2D(_Windowed):
         _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding),
              lowering=_choice(t, "lowering", self.lowering, lowerings.POOL_LOWERINGS))
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None) -> str:
-        del batch
+    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None,
+                     train: bool = False) -> str:
+        del batch, train
         hw = (input_shape[0], input_shape[1])
         if self.lowering == "reshape" and not lowerings.tiles(hw, self.pool_size, self.strides, self.padding):
             raise ImpossibleShapeError(

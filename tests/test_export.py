@@ -87,6 +87,11 @@ def test_float32_export_matches_in_process_outputs(trained):
     exported = artifact.predict(images, batch_size=32)
     in_process = trained["compiled"].predict_batched(trained["state"], images, batch_size=32)
     np.testing.assert_allclose(exported, in_process, rtol=1e-6, atol=1e-7)
+    # batches of at most 8 run the file's small-batch program (patches lowering): same parity
+    assert artifact.exported_small is not None
+    small = artifact.predict(images[:8], batch_size=4)
+    np.testing.assert_allclose(small, trained["compiled"].predict_batched(trained["state"], images[:8], batch_size=4),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_bfloat16_export_agrees_within_tolerance_and_keeps_top1(trained):

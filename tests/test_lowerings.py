@@ -76,7 +76,10 @@ def test_the_choice_rule_on_cpu_and_elsewhere():
     assert lowerings.choose_conv((4, 4), "cpu", batch=8) == "patches"  # small batches: patches
     assert lowerings.choose_conv((32, 32), "cpu", batch=1) == "patches"
     assert lowerings.choose_conv((32, 32), "cpu", batch=9) == "conv"
-    assert lowerings.describe_conv((8, 8), "cpu") == "conv (patches at batch <= 8)"
+    assert lowerings.choose_conv((32, 32), "cpu", batch=64, train=True, in_channels=3) == "patches"
+    assert lowerings.choose_conv((8, 8), "cpu", batch=64, train=True, in_channels=128) == "conv"
+    assert lowerings.describe_conv((8, 8), "cpu", in_channels=256) == "conv (patches at batch <= 8)"
+    assert lowerings.describe_conv((32, 32), "cpu", in_channels=3) == "conv (patches at batch <= 8 and in training)"
     assert lowerings.choose_conv((2, 2), "gpu") == "conv"  # cuDNN
     assert lowerings.choose_conv((2, 2), "gpu", batch=1) == "conv"
     assert lowerings.choose_conv((1, 1), "tpu") == "conv"
@@ -90,7 +93,9 @@ def test_the_choice_rule_on_cpu_and_elsewhere():
 def test_the_summary_shows_the_lowering_and_a_config_can_force_one(tmp_path):
     model = jaxcnn.load("configs/vgg11_32.toml")
     rows = model.summarize().rows
-    assert [r.lowering for r in rows if r.type == "Conv2D"] == ["conv (patches at batch <= 8)"] * 6 + ["patches"] * 2
+    both = "conv (patches at batch <= 8 and in training)"
+    assert [r.lowering for r in rows if r.type == "Conv2D"] == [
+        both, both, "conv (patches at batch <= 8)", "conv (patches at batch <= 8)", both, both, "patches", "patches"]
     assert {r.lowering for r in rows if r.type == "MaxPooling2D"} == {"reshape"}
     forced = jaxcnn.Sequential([Conv2D(4, 3, padding="same", lowering="patches", input_shape=(8, 8, 2)),
                                 MaxPooling2D(lowering="reduce_window")])
