@@ -88,13 +88,14 @@ def export_model(
     (batch,) = jax.export.symbolic_shape("batch")
     arguments = ([jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves],
                  jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32))
-    function = jax.jit(forward_function(compiled, treedef))
-    exported = jax.export.export(function, platforms=tuple(platforms))(*arguments)
+    exported = jax.export.export(jax.jit(forward_function(compiled, treedef)), platforms=tuple(platforms))(*arguments)
     forward = exported.serialize()
     # The lowering rule depends on the batch size (jaxcnn.lowerings); a symbolic batch gets the
     # large-batch choice, so a second program with the small-batch choice serves batches <= 8.
+    # A fresh jit: jit's trace cache does not key on the assumed batch.
     with lowerings.assume_batch(1):
-        forward_small = jax.export.export(function, platforms=tuple(platforms))(*arguments).serialize()
+        forward_small = jax.export.export(jax.jit(forward_function(compiled, treedef)),
+                                          platforms=tuple(platforms))(*arguments).serialize()
     buffer = io.BytesIO()
     np.savez(buffer, **{f"p{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
     params = buffer.getvalue()
