@@ -462,13 +462,15 @@ class Conv2D(_Windowed):
         if self.lowering != "auto":
             return self.lowering
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.choose_conv((h, w), backend, batch, train=train, in_channels=input_shape[-1])
+        return lowerings.choose_conv((h, w), backend, batch, train=train, in_channels=input_shape[-1],
+                                     taps=self.kernel_size[0] * self.kernel_size[1])
 
     def describe_lowering(self, input_shape: Shape) -> str:
         if self.lowering != "auto":
             return self.lowering
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.describe_conv((h, w), in_channels=input_shape[-1])
+        return lowerings.describe_conv((h, w), in_channels=input_shape[-1],
+                                       taps=self.kernel_size[0] * self.kernel_size[1])
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         kernel = module.param(

@@ -28,16 +28,23 @@ patches more: 2x2 filters on 32x32x3 at batch 128, 20.1 ms as ``lax.conv`` again
 64.2 against 55.2 ms; 2x2x512, 780 against 15 ms; only maps of 64 positions or more with 128 input
 channels or more stay faster as ``lax.conv`` (8x8x128 to 256: 31.8 against 40.7 ms).
 
+With the experimental flag of :mod:`jaxcnn.xla_flags` (XLA keeps only single dots in YNNPACK),
+``lax.conv`` training gets faster and patches slower: 2x2 filters on 32x32x3 at batch 128, 23.0 ms
+against 39.4; 16x16x64 to 128, 37.1 against 68.7; 4x4x512, 54.4 against 56.9; patches still win on
+2x2 maps (801 against 14.8 ms) and for 3x3 filters over 3 input channels (84.3 against 6.1 ms).
+
 So on CPU a convolution uses patches when its output map has at most 4 positions, or when the batch
 is at most 8 (the batch is concrete when a step is traced; a symbolic batch counts as large), or in
-training unless its output map has 64 positions or more and it has 128 input channels or more; on
-GPU and TPU every convolution uses ``lax.conv`` (cuDNN, the TPU's convolution units).
+training: without the flag unless its output map has 64 positions or more and it has 128 input
+channels or more, with the flag only for at least 9 taps over at most 4 input channels. On GPU and
+TPU every convolution uses ``lax.conv`` (cuDNN, the TPU's convolution units).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from collections.abc import Iterator
 
 import jax
@@ -76,8 +83,15 @@ def assume_batch(batch: int) -> Iterator[None]:
         _ASSUMED_BATCH.reset(token)
 
 
+def _fast_cpu_flags() -> bool:
+    from jaxcnn.xla_flags import FAST_CPU_FLAGS
+
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return all(flag in flags for flag in FAST_CPU_FLAGS)
+
+
 def choose_conv(output_hw: tuple[int, int], backend: str | None = None, batch: object = None, *,
-                train: bool = False, in_channels: int = 0) -> str:
+                train: bool = False, in_channels: int = 0, taps: int = 9) -> str:
     """``"patches"`` or ``"conv"`` for a convolution with this output map and ``in_channels`` on
     ``backend``, for ``batch`` examples (an int; ``None`` or a symbolic dimension count as a large
     batch, unless :func:`assume_batch` says otherwise), in a training step or not."""
@@ -90,18 +104,21 @@ def choose_conv(output_hw: tuple[int, int], backend: str | None = None, batch: o
     if positions <= _SMALL_MAP or (isinstance(batch, int) and batch <= SMALL_BATCH):
         return "patches"
     if train:
+        if _fast_cpu_flags():
+            return "patches" if taps >= 9 and in_channels <= 4 else "conv"
         return "conv" if positions >= 64 and in_channels >= 128 else "patches"
     return "conv"
 
 
-def describe_conv(output_hw: tuple[int, int], backend: str | None = None, *, in_channels: int = 0) -> str:
+def describe_conv(output_hw: tuple[int, int], backend: str | None = None, *, in_channels: int = 0,
+                  taps: int = 9) -> str:
     """The automatic choice in words, for the summary (it may depend on the batch size and on
     whether the step trains)."""
-    large = choose_conv(output_hw, backend, in_channels=in_channels)
+    large = choose_conv(output_hw, backend, in_channels=in_channels, taps=taps)
     others = []
-    if choose_conv(output_hw, backend, batch=1, in_channels=in_channels) != large:
+    if choose_conv(output_hw, backend, batch=1, in_channels=in_channels, taps=taps) != large:
         others.append(f"at batch <= {SMALL_BATCH}")
-    if choose_conv(output_hw, backend, train=True, in_channels=in_channels) != large:
+    if choose_conv(output_hw, backend, train=True, in_channels=in_channels, taps=taps) != large:
         others.append("in training")
     other = "patches" if large == "conv" else "conv"
     return f"{large} ({other} {' and '.join(others)})" if others else large

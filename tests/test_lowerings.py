@@ -81,6 +81,20 @@ def test_the_choice_rule_on_cpu_and_elsewhere():
     assert lowerings.describe_conv((8, 8), "cpu", in_channels=256) == "conv (patches at batch <= 8)"
     assert lowerings.describe_conv((32, 32), "cpu", in_channels=3) == "conv (patches at batch <= 8 and in training)"
     assert lowerings.choose_conv((2, 2), "gpu") == "conv"  # cuDNN
+    # with the experimental XLA CPU flag, training keeps lax.conv but for 3x3 over few channels
+    import os
+    flags = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    try:
+        assert lowerings.choose_conv((32, 32), "cpu", batch=128, train=True, in_channels=3, taps=4) == "conv"
+        assert lowerings.choose_conv((32, 32), "cpu", batch=64, train=True, in_channels=3, taps=9) == "patches"
+        assert lowerings.choose_conv((16, 16), "cpu", batch=64, train=True, in_channels=64) == "conv"
+        assert lowerings.choose_conv((2, 2), "cpu", batch=64, train=True, in_channels=512) == "patches"
+    finally:
+        if flags is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = flags
     assert lowerings.choose_conv((2, 2), "gpu", batch=1) == "conv"
     assert lowerings.choose_conv((1, 1), "tpu") == "conv"
     assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "valid", "cpu") == "reshape"
