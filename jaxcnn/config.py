@@ -41,7 +41,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError
+from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError, describe_value
 from jaxcnn.layers import INITIALIZERS, LAYER_TYPES, Input, Layer, snake_case
 from jaxcnn.model import Sequential
 
@@ -143,7 +143,7 @@ def _parse_json(text: str, source: str) -> dict[str, Any]:
             f"JSON syntax error: {error.msg} (at line {error.lineno}, column {error.colno})",
             source=source) from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"the top level must be a JSON object, got {_type_name(doc)}", source=source)
+        raise ConfigError(f"the top level must be a JSON object, got {describe_value(doc)}", source=source)
     return doc
 
 
@@ -163,7 +163,7 @@ def _check_sections(doc: Mapping[str, Any], source: str) -> None:
         if not isinstance(value, expected):
             what = {dict: f"a table, written [{key}]", list: f"an array of tables, written [[{key}]]"}
             raise ConfigError(
-                f"must be {what.get(expected, expected.__name__)}, got {_type_name(value)}",
+                f"must be {what.get(expected, expected.__name__)}, got {describe_value(value)}",
                 source=source, key=key)
 
 
@@ -174,7 +174,7 @@ def from_dict(doc: Mapping[str, Any], *, source: str = "<dict>") -> Sequential:
     (those :data:`SECTIONS` adds) are accepted and ignored here.
     """
     if not isinstance(doc, Mapping):
-        raise ConfigError(f"a config must be a table (a dict), got {_type_name(doc)}", source=source)
+        raise ConfigError(f"a config must be a table (a dict), got {describe_value(doc)}", source=source)
     _check_sections(doc, source)
     model_table = doc.get("model", {})
     for key in model_table:
@@ -199,7 +199,7 @@ def from_dict(doc: Mapping[str, Any], *, source: str = "<dict>") -> Sequential:
     for position, table in enumerate(tables):
         if not isinstance(table, Mapping):
             raise ConfigError(
-                f"entry {position} of `layers` must be a table ([[layers]]), got {_type_name(table)}",
+                f"entry {position} of `layers` must be a table ([[layers]]), got {describe_value(table)}",
                 source=source, index=index)
         layer_name = table.get("name") if isinstance(table.get("name"), str) else None
         if "type" not in table:
@@ -423,13 +423,7 @@ def from_keras_json(text: str, *, source: str = "<keras json>") -> Sequential:
         argument value it does not support (``data_format="channels_first"``, a regularizer, ...).
       ConfigError: malformed JSON or a wrong or missing value, located at the layer.
     """
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"JSON syntax error: {error.msg} (at line {error.lineno}, column {error.colno})",
-            source=source) from None
-    return from_keras_dict(doc, source=source)
+    return from_keras_dict(_parse_json(text, source), source=source)
 
 
 def from_keras_dict(doc: Mapping[str, Any], *, source: str = "<keras json>") -> Sequential:
@@ -469,12 +463,12 @@ def from_keras_dict(doc: Mapping[str, Any], *, source: str = "<keras json>") -> 
         entries = config.get("layers")
         build_input_shape = config.get("build_input_shape")
         if not isinstance(entries, list):
-            raise ConfigError(f"`config.layers` must be a list of layers, got {_type_name(entries)}",
+            raise ConfigError(f"`config.layers` must be a list of layers, got {describe_value(entries)}",
                               source=source)
     else:
         raise ConfigError(
             f"`config` must be the list of layers or an object with `layers`, got "
-            f"{_type_name(config)}", source=source)
+            f"{describe_value(config)}", source=source)
 
     try:
         model = Sequential(name=name)
@@ -497,7 +491,7 @@ def from_keras_dict(doc: Mapping[str, Any], *, source: str = "<keras json>") -> 
                      layer_name=layer_name if isinstance(layer_name, str) else None,
                      layer_type=layer_class)
         if not isinstance(conf, Mapping):
-            raise ConfigError(f"`config` must be an object, got {_type_name(conf)}", **where)
+            raise ConfigError(f"`config` must be an object, got {describe_value(conf)}", **where)
         _check_entry(entry, where)
 
         if is_input:
@@ -780,13 +774,6 @@ def _is_shape(value: Any) -> bool:
         _is_int(v) and v >= 1 for v in value)
 
 
-def _type_name(value: Any) -> str:
-    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a float", type(None): "null"}
-    for kind, name in names.items():
-        if type(value) is kind:
-            return f"{name} ({value!r})" if kind in (str, bool, int, float) else name
-    return type(value).__name__
 
 
 def _js(value: Any, limit: int = 120) -> str:

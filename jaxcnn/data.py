@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, describe_value
 
 __all__ = [
     "DATASETS",
@@ -638,7 +638,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
     """:func:`dataset_from_config` and the :class:`Preprocessing` it applied."""
     source = str(source)
     if not isinstance(table, Mapping):
-        raise ConfigError(f"[data] must be a table, got {_type_name(table)}", source=source,
+        raise ConfigError(f"[data] must be a table, got {describe_value(table)}", source=source,
                           key="data")
     for key in table:
         if key not in DATA_KEYS:
@@ -652,7 +652,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
     def choice(key: str, choices: tuple[str, ...]) -> str:
         value = cfg[key]
         if not isinstance(value, str):
-            raise fail(key, f"must be one of {', '.join(choices)}; got {_type_name(value)}")
+            raise fail(key, f"must be one of {', '.join(choices)}; got {describe_value(value)}")
         if value not in choices:
             raise fail(key, _unknown(f"value {value!r}", value, choices).replace(
                 "known:", "allowed:"))
@@ -666,7 +666,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or math.isnan(value) or not 0.0 <= value < 1.0:
-            raise fail(key, f"must be a fraction in [0, 1), got {_type_name(value)}")
+            raise fail(key, f"must be a fraction in [0, 1), got {describe_value(value)}")
         fractions[key] = float(value)
     if fractions["validation"] + fractions["test"] >= 1.0:
         raise fail("validation", f"validation ({fractions['validation']}) + test "
@@ -674,7 +674,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
     limit = cfg.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                               or limit < 1):
-        raise fail("limit", f"must be a positive integer, got {_type_name(limit)}")
+        raise fail("limit", f"must be a positive integer, got {describe_value(limit)}")
     path = cfg.get("path")
     if name == "digits":
         if path is not None:
@@ -683,7 +683,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
         what = "folder of the CIFAR-10 python batches" if name == "cifar10" else ".npz file"
         raise fail("path", f"name = {name!r} needs path = \"...\": the {what}")
     elif not isinstance(path, str) or not path:
-        raise fail("path", f"must be a non-empty string, got {_type_name(path)}")
+        raise fail("path", f"must be a non-empty string, got {describe_value(path)}")
     if name == "cifar10" and "test" in table and fractions["test"] != 0.0:
         raise fail("test", "cifar10 has its own test set (test_batch): leave `test` out, or set "
                    "it to 0 for no test set")
@@ -760,10 +760,3 @@ def _unknown(what: str, name: str, known: Sequence[str]) -> str:
     return f"unknown {what}{hint} known: {', '.join(names)}"
 
 
-def _type_name(value: Any) -> str:
-    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a float", type(None): "null"}
-    for kind, label in names.items():
-        if type(value) is kind:
-            return f"{label} ({value!r})" if kind in (str, bool, int, float) else label
-    return type(value).__name__

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 __all__ = [
+    "describe_value",
     "JaxcnnError",
     "LayerArgumentError",
     "ImpossibleShapeError",
@@ -22,6 +23,16 @@ __all__ = [
     "NonFiniteError",
     "ExportError",
 ]
+
+
+def describe_value(value: Any) -> str:
+    """A config value for an error message, by its TOML/JSON type: ``a string ('16')``, ``an array``."""
+    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a float", type(None): "null"}
+    for kind, label in names.items():
+        if type(value) is kind:
+            return f"{label} ({value!r})" if kind in (str, bool, int, float) else label
+    return type(value).__name__
 
 
 class JaxcnnError(Exception):

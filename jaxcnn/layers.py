@@ -182,6 +182,17 @@ def _initializer(layer: str, arg: str, value: Any) -> str:
     return value.lower()
 
 
+def _weights(layer: Layer) -> dict[str, Any]:
+    """The normalized arguments Conv2D and Dense share (activation, bias, initializers)."""
+    t = layer.type
+    return {
+        "activation": _activation(t, "activation", layer.activation),
+        "use_bias": _bool(t, "use_bias", layer.use_bias),
+        "kernel_initializer": _initializer(t, "kernel_initializer", layer.kernel_initializer),
+        "bias_initializer": _initializer(t, "bias_initializer", layer.bias_initializer),
+    }
+
+
 def _bool(layer: str, arg: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail(layer, arg, value, "must be true or false")
@@ -419,10 +430,7 @@ class Conv2D(_Windowed):
             strides=_pair(t, "strides", self.strides),
             padding=_padding(t, self.padding),
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
-            activation=_activation(t, "activation", self.activation),
-            use_bias=_bool(t, "use_bias", self.use_bias),
-            kernel_initializer=_initializer(t, "kernel_initializer", self.kernel_initializer),
-            bias_initializer=_initializer(t, "bias_initializer", self.bias_initializer),
+            **_weights(self),
         )
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -647,10 +655,7 @@ class Dense(Layer):
         _set(
             self,
             units=_positive_int(t, "units", self.units),
-            activation=_activation(t, "activation", self.activation),
-            use_bias=_bool(t, "use_bias", self.use_bias),
-            kernel_initializer=_initializer(t, "kernel_initializer", self.kernel_initializer),
-            bias_initializer=_initializer(t, "bias_initializer", self.bias_initializer),
+            **_weights(self),
         )
 
     def output_shape(self, input_shape: Shape) -> Shape:
