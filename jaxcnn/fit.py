@@ -104,16 +104,18 @@ class _Progress:
         self.tty = enabled and stream.isatty()
         self.last = 0.0
 
-    def update(self, text: str, *, final: bool = False) -> None:
+    def update(self, text: str | Callable[[], str], *, final: bool = False) -> None:
+        """Show ``text`` (or what the callable returns: it is called only when the line is drawn,
+        so a training step does not read its metrics back from the device for nothing)."""
         if not self.enabled:
             return
         now = time.monotonic()
         if self.tty and (final or now - self.last > 0.2):
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self.stream.write("\r\033[K" + (text() if callable(text) else text) + ("\n" if final else ""))
             self.stream.flush()
             self.last = now
         elif not self.tty and final:
-            self.stream.write(text + "\n")
+            self.stream.write((text() if callable(text) else text) + "\n")
             self.stream.flush()
 
     def say(self, text: str) -> None:
@@ -244,7 +246,10 @@ def train_and_evaluate(
             sums = sums.replace(**{k: jax.numpy.asarray(v, jax.numpy.float32)
                                    for k, v in record["epoch_sums"].items()})
         epoch_start = time.perf_counter()
-        epoch_examples = 0
+        # Real (unpadded) examples are known on the host: the first d steps of an epoch hold
+        # min(d * batch_size, len(train)) of them. No read-back from the device per step.
+        real = lambda d: min(d * config.batch_size, len(train))  # noqa: E731
+        segment_from = start  # the step in the epoch where the current timing segment began
         for batch in data_lib.prefetch_to_device(data_lib.batches(
                 train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, start=start)):
             t0 = time.perf_counter()
@@ -261,23 +266,25 @@ def train_and_evaluate(
                 if config.on_nonfinite == "stop":
                     _raise_nonfinite(compiled, state, batch, step, checkpoints)
             sums = sums.merge(metrics)
-            epoch_examples += int(float(metrics.count))
-            seconds = time.perf_counter() - epoch_start
             done = step - epoch * steps_per_epoch
-            now = sums.compute()
-            out.update(f"epoch {epoch + 1}/{config.epochs} step {done}/{steps_per_epoch} "
-                       f"loss {now['loss']:.4f} accuracy {now['accuracy']:.4f} "
-                       f"{epoch_examples / max(seconds, 1e-9):,.0f} images/s")
+
+            def progress(sums: Metrics = sums, done: int = done) -> str:
+                now, seconds = sums.compute(), time.perf_counter() - epoch_start
+                return (f"epoch {epoch + 1}/{config.epochs} step {done}/{steps_per_epoch} "
+                        f"loss {now['loss']:.4f} accuracy {now['accuracy']:.4f} "
+                        f"{(real(done) - real(segment_from)) / max(seconds, 1e-9):,.0f} images/s")
+
+            out.update(progress)
             if on_step is not None:
                 on_step(step)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
                     and step % steps_per_epoch:
                 record["train_seconds"] += time.perf_counter() - epoch_start
-                record["examples"] += epoch_examples
-                epoch_start, epoch_examples = time.perf_counter(), 0
+                record["examples"] += real(done) - real(segment_from)
+                epoch_start, segment_from = time.perf_counter(), done
                 checkpoints.save(step, state, save_record(step, sums))
         record["train_seconds"] += time.perf_counter() - epoch_start
-        record["examples"] += epoch_examples
+        record["examples"] += real(step - epoch * steps_per_epoch) - real(segment_from)
         train_metrics = sums.compute()
         val_metrics = compiled.evaluate(state, batches_of(val)) if len(val) else {"loss": math.nan, "accuracy": math.nan}
         entry = {
