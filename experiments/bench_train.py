@@ -1,8 +1,15 @@
 """Training speed: jaxcnn against hand-written Flax linen, Keras 3 on JAX and PyTorch, in one run.
 
-Run:   python experiments/bench_train.py [--xla-fast-cpu] [--models cifar_cnn,vgg11_32,vgg16_64] [--steps N]
+Run:   python experiments/bench_train.py [--xla-fast-cpu] [--no-malloc-tuning] [--models cifar_cnn,vgg11_32,vgg16_64] [--steps N]
 Needs: jaxcnn; Keras 3 and PyTorch 2.13 (`pip install -e ".[peers]"`) for those peers.
-Writes experiments/results/bench_train[_fast_cpu].{json,png}.
+Writes experiments/results/bench_train[_fast_cpu][_default_malloc].{json,png}.
+
+glibc malloc is tuned as the `jaxcnn` command tunes it (jaxcnn.host: freed memory kept, no page
+faults on every step's fresh buffers) unless `--no-malloc-tuning`; the setting is process-wide, so
+every framework of the run, PyTorch included, runs with it.
+
+Besides jaxcnn as the fit loop runs it, two step-level levers of issue 5 are measured as rows of their
+own: 4 training steps per jitted call (`CompiledModel.train_steps`, unrolled) and bfloat16 compute.
 
 Models and settings (issue 5): the seed CIFAR CNN at batch 128 with Adam; VGG-11 for 32x32 inputs at
 batch 64 with SGD and momentum 0.9; VGG16 at 64x64 at batch 16 with SGD and momentum. For each
@@ -33,6 +40,11 @@ if FAST:
     from jaxcnn.xla_flags import enable_fast_cpu
 
     enable_fast_cpu()
+MALLOC = "--no-malloc-tuning" not in sys.argv
+if MALLOC:  # as the jaxcnn command does; process-wide, so every framework in the run gets it
+    from jaxcnn.host import tune_malloc
+
+    MALLOC = tune_malloc()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -95,8 +107,8 @@ def steps_of(step, n: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def bench_jaxcnn(model, x, y, optimizer, n):
-    compiled = jaxcnn.compile(model, optimizer)
+def bench_jaxcnn(model, x, y, optimizer, n, *, precision="float32"):
+    compiled = jaxcnn.compile(model, optimizer, precision=precision)
     box = [compiled.init(0)]
 
     def step():
@@ -104,6 +116,29 @@ def bench_jaxcnn(model, x, y, optimizer, n):
         metrics.loss.block_until_ready()
 
     return steps_of(step, n)
+
+
+def bench_jaxcnn_bf16(model, x, y, optimizer, n):
+    """Step-level lever: bfloat16 compute, float32 parameters."""
+    return bench_jaxcnn(model, x, y, optimizer, n, precision="bfloat16")
+
+
+STEPS_PER_CALL = 4
+
+
+def bench_jaxcnn_unrolled(model, x, y, optimizer, n):
+    """Step-level lever: STEPS_PER_CALL steps per jitted call (``train_steps``, unrolled); the
+    reported step time is a call's time divided by STEPS_PER_CALL, the first step the first call."""
+    compiled = jaxcnn.compile(model, optimizer)
+    box = [compiled.init(0)]
+    xs, ys = np.stack([x] * STEPS_PER_CALL), np.stack([y] * STEPS_PER_CALL)
+
+    def call():
+        box[0], metrics = compiled.train_steps(box[0], (xs, ys))
+        metrics.loss.block_until_ready()
+
+    first, median = steps_of(call, max(2, n // STEPS_PER_CALL))
+    return first, median / STEPS_PER_CALL
 
 
 def bench_flax(model, x, y, optimizer, n):
@@ -179,10 +214,11 @@ def main() -> None:
     n = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--steps=")), "5"))
     peak = matmul_gflops()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, XLA_FLAGS="
-          f"{os.environ.get('XLA_FLAGS', '')!r}; 2048x2048 float32 matmul: {peak:.0f} GFLOP/s", flush=True)
+          f"{os.environ.get('XLA_FLAGS', '')!r}, malloc tuning {MALLOC}; 2048x2048 float32 matmul: {peak:.0f} GFLOP/s", flush=True)
     results = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "matmul_gflops": peak, "models": {}}
-    frameworks = {"jaxcnn": bench_jaxcnn, "hand-written flax": bench_flax}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuning": MALLOC, "matmul_gflops": peak, "models": {}}
+    frameworks = {"jaxcnn": bench_jaxcnn, f"jaxcnn {STEPS_PER_CALL} steps/call": bench_jaxcnn_unrolled,
+                  "jaxcnn bfloat16": bench_jaxcnn_bf16, "hand-written flax": bench_flax}
     if have("keras"):
         frameworks["keras 3 (jax) train_on_batch"] = bench_keras
     if have("torch"):
@@ -215,7 +251,7 @@ def main() -> None:
         results["models"][name] = {"params": model.count_params(), "batch": batch, "optimizer": setting["optimizer"],
                                    "training_gflop_per_image": train_flops / 1e9, "frameworks": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "bench_train_fast_cpu" if FAST else "bench_train"
+    stem = "bench_train" + ("_fast_cpu" if FAST else "") + ("" if MALLOC else "_default_malloc")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, RESULTS / f"{stem}.png")
     print(f"\nwrote {RESULTS / stem}.json and .png")
@@ -237,7 +273,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
         ax.set_title(f"{name}, batch {entry['batch']}: training images/s", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.set_xscale("log")
-    fig.suptitle(f"XLA_FLAGS={results['xla_flags'] or '(none)'}; matmul {results['matmul_gflops']:.0f} GFLOP/s",
+    fig.suptitle(f"XLA_FLAGS={results['xla_flags'] or '(none)'}; malloc tuning {results['malloc_tuning']}; matmul {results['matmul_gflops']:.0f} GFLOP/s",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
