@@ -28,6 +28,14 @@ def model_fingerprint(model: Sequential) -> str:
     return hashlib.sha256(model.to_toml().encode()).hexdigest()
 
 
+def _on_devices(abstract_state: Any) -> Any:
+    """Leaves without a sharding restore onto this process's first device: a checkpoint written on
+    another layout (8 devices, 2 processes) then restores here too. Leaves with one keep it."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda leaf: leaf if getattr(leaf, "sharding", None) is not None
+                        else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=default), abstract_state)
+
+
 class Checkpoints:
     """The checkpoints of one run in ``directory``: ``save(step, state, record)``, ``restore``.
 
@@ -65,11 +73,14 @@ class Checkpoints:
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The state and record of ``step`` (default: the newest), or ``None`` when there is none.
+        The state is laid out as ``abstract_state``'s leaves say (``ShapeDtypeStruct.sharding``, such
+        as :meth:`jaxcnn.parallel.Layout.with_shardings` gives), else on one device, whatever layout
+        the checkpoint was written from.
 
         Raises:
           CheckpointError: the checkpoint is corrupt or truncated, or was written for another model.
         """
-        return self._restore(ocp.args.StandardRestore(abstract_state), step)
+        return self._restore(ocp.args.StandardRestore(_on_devices(abstract_state)), step)
 
     def restore_variables(self, abstract_variables: dict[str, Any], step: int | None = None
                           ) -> tuple[dict[str, Any], dict[str, Any]] | None:

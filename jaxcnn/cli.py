@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxcnn", description="Keras-style CNN layer lists, proved with jax.eval_shape and compiled to Flax.")
     parser.add_argument("--xla-fast-cpu", action="store_true",
                         help="opt in to the experimental XLA CPU flags of jaxcnn.xla_flags (also: JAXCNN_XLA_FAST_CPU=1)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc malloc's defaults (jaxcnn.host; also: JAXCNN_MALLOC_TUNING=0)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     summary = sub.add_parser("summary", help="print a model's summary (its shapes proved first)")
@@ -50,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--flops", action="store_true", help="add forward FLOPs per layer")
     summary.add_argument("--columns", type=_columns, default=(), metavar="A,B",
                          help="more columns: memory, receptive_field, formula, lowering")
+    summary.add_argument("--mesh", choices=("data", "fsdp"),
+                         help="add each parameter's sharding and bytes per device under this strategy")
+    summary.add_argument("--devices", type=_positive, metavar="N",
+                         help="with --mesh: the device count (default: the devices JAX sees; need not exist)")
 
     check = sub.add_parser("check", help="prove every layer's shapes with jax.eval_shape against the formulas")
     check.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")
@@ -62,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive, metavar="N", help="override [train] epochs")
     train.add_argument("--seed", type=int, metavar="S", help="override [train] seed")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--mesh", choices=("data", "fsdp"), help="override [mesh] strategy: data parallel, or "
+                       "FSDP for large parameters (default: data, over every device JAX sees)")
+    train.add_argument("--devices", type=_positive, metavar="N", help="override [mesh] devices (default: all)")
+    train.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="several processes: the address of process 0's coordinator (jax.distributed)")
+    train.add_argument("--num-processes", type=_positive, metavar="N", help="with --coordinator: how many processes")
+    train.add_argument("--process-id", type=int, metavar="I", help="with --coordinator: this process's index, 0..N-1")
     export = sub.add_parser("export", help="write a trained model into one file that runs without its code")
     export.add_argument("config", metavar="CONFIG", help="the training config")
     export.add_argument("--checkpoint", required=True, metavar="DIR",
@@ -104,11 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.xla_fast_cpu or xla_flags.fast_cpu_requested():
             xla_flags.enable_fast_cpu()
+        if not args.no_malloc_tuning:
+            from jaxcnn import host
+
+            if host.malloc_tuning_requested():
+                host.tune_malloc()  # this process is the command's own: keep the memory XLA's steps free
         if args.command == "summary":
             from jaxcnn.summary import summarize_file
 
             print(summarize_file(args.path, input_shape=args.input_shape, format=args.format,
-                                 flops=args.flops, columns=args.columns))
+                                 flops=args.flops, columns=args.columns, mesh=args.mesh, devices=args.devices))
         elif args.command == "check":
             from jaxcnn.check import check_file
 
@@ -121,8 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from jaxcnn.fit import train_and_evaluate
 
+            distributed = (args.coordinator, args.num_processes, args.process_id)
+            if any(v is not None for v in distributed):
+                if any(v is None for v in distributed):
+                    print("jaxcnn train: error: --coordinator, --num-processes and --process-id go together",
+                          file=sys.stderr)
+                    return 2
+                from jaxcnn.parallel import initialize_distributed
+
+                initialize_distributed(*distributed)  # before anything starts JAX's backend
             workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.config).stem)
-            train_and_evaluate(args.config, workdir, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+            train_and_evaluate(args.config, workdir, epochs=args.epochs, seed=args.seed, progress=not args.quiet,
+                               mesh=args.mesh, devices=args.devices)
         elif args.command == "export":
             from jaxcnn.export import export_model
 

@@ -60,7 +60,7 @@ __all__ = [
 #: Top-level sections of a jaxcnn config, with the type each must have once parsed
 #: (``dict``: a TOML table ``[name]``; ``list``: an array of tables ``[[name]]``). Later sections
 #: (``train``, ...) are added here; :func:`from_dict` reads only ``model`` and ``layers``.
-SECTIONS: dict[str, type] = {"model": dict, "layers": list, "data": dict, "train": dict}
+SECTIONS: dict[str, type] = {"model": dict, "layers": list, "data": dict, "train": dict, "mesh": dict}
 
 #: Keys of the ``[model]`` table.
 MODEL_KEYS: tuple[str, ...] = ("name", "input_shape")

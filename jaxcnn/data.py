@@ -40,7 +40,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -569,10 +569,11 @@ def _batches(dataset: Dataset, order: np.ndarray, batch_size: int, start: int,
 
 
 def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
-                       sharding: Any = None) -> Iterator[Any]:
+                       sharding: Any = None, put: Callable[[Any], Any] | None = None) -> Iterator[Any]:
     """Yield the items of ``iterator`` (pytrees of arrays, e.g. :class:`Batch`) after
-    ``jax.device_put`` (onto ``sharding`` if given), keeping ``size`` of them in flight so the
-    transfer of the next batches overlaps the step on this one."""
+    ``jax.device_put`` (onto ``sharding`` if given), or after ``put(item)`` (such as
+    :meth:`jaxcnn.parallel.Layout.put_batch`), keeping ``size`` of them in flight so the transfer of
+    the next batches overlaps the step on this one."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     queue: collections.deque[Any] = collections.deque()
@@ -580,7 +581,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
 
     def enqueue(count: int) -> None:
         for item in it:
-            queue.append(jax.device_put(item, sharding))
+            queue.append(put(item) if put is not None else jax.device_put(item, sharding))
             count -= 1
             if count == 0:
                 return

@@ -9,6 +9,14 @@ A training config is a model config (``[model]``, ``[[layers]]``) with two more 
     batch_size = 64
     [train.optimizer]            # see jaxcnn.optimizers
     name = "adam"
+    [mesh]                       # optional; see jaxcnn.parallel
+    strategy = "data"            # or "fsdp"
+
+The run is data-parallel over every device JAX sees (``[mesh] devices`` to use fewer): one device
+by default on a CPU, 8 with ``JAX_NUM_CPU_DEVICES=8``, every process's devices under
+``jax.distributed`` (``jaxcnn train --coordinator``). ``batch_size`` is the global batch.
+Checkpoints are written once, collectively, by orbax, and restore onto any layout; the files below
+are written by process 0.
 
 What a run writes in its workdir:
 
@@ -39,6 +47,7 @@ from typing import Any, TextIO
 import jax
 
 from jaxcnn import data as data_lib
+from jaxcnn import parallel
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError
@@ -168,12 +177,15 @@ def train_and_evaluate(
     progress: bool = True,
     stream: TextIO | None = None,
     on_step: Callable[[int], None] | None = None,
+    mesh: str | None = None,
+    devices: int | None = None,
 ) -> dict[str, Any]:
     """Train the model of a config, with checkpoints, resumption, validation, early stopping, a test
     evaluation, metrics, a plot and ``results.json`` in ``workdir``. Returns the results.
 
     ``epochs`` and ``seed`` override the config's ``[train]`` values (as ``jaxcnn train --epochs``).
-    ``on_step(step)`` is called after every training step (for tests and tools).
+    ``on_step(step)`` is called after every training step (for tests and tools). ``mesh`` and
+    ``devices`` override ``[mesh] strategy`` and ``devices`` (as ``jaxcnn train --mesh --devices``).
 
     Raises:
       ConfigError: a bad config (file and key named).
@@ -182,13 +194,22 @@ def train_and_evaluate(
       NonFiniteError: a non-finite loss or gradient with ``on_nonfinite = "stop"``.
     """
     stream = stream or sys.stderr
-    out = _Progress(stream, progress)
+    lead = jax.process_index() == 0  # the process that writes files and prints
+    out = _Progress(stream, progress and lead)
     source = os.fsdecode(config_path)
     doc = read_document(config_path)
     model = from_dict(doc, source=source)
     model.check()  # the shapes are proved before any training step is traced
     config = TrainConfig.from_table(doc.get("train", {}), source=source)
     config = dataclasses.replace(config, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
+    mesh_config = parallel.MeshConfig.from_table(
+        {**doc.get("mesh", {}), **{k: v for k, v in (("strategy", mesh), ("devices", devices)) if v is not None}},
+        source=source)
+    try:
+        layout = parallel.Layout.create(mesh_config)
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    global_batch = layout.padded_batch_size(config.batch_size, mesh_config.uneven_batch, source=source)
     train, val, test, preprocessing = data_lib.prepare_from_config(
         doc.get("data", {}), input_shape=model.input_shape, seed=config.seed, source=source)
     if len(train) == 0:
@@ -203,7 +224,7 @@ def train_and_evaluate(
     try:
         compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
                            precision=config.precision, on_nonfinite=config.on_nonfinite,
-                           total_steps=total_steps)
+                           total_steps=total_steps, layout=layout)
     except JaxcnnError as error:
         raise error.located(source=source) from None
 
@@ -213,7 +234,7 @@ def train_and_evaluate(
     checkpoints = Checkpoints(workdir / "checkpoints", fingerprint=fingerprint, keep=config.keep_checkpoints)
     best_checkpoints = Checkpoints(workdir / "best", fingerprint=fingerprint, keep=1)
 
-    restored = checkpoints.restore(compiled.abstract_state())
+    restored = checkpoints.restore(layout.with_shardings(compiled.abstract_state()))
     if restored is None:
         state = compiled.init(config.seed)
         record: dict[str, Any] = {"history": [], "best": None, "bad_epochs": 0, "train_seconds": 0.0,
@@ -221,11 +242,12 @@ def train_and_evaluate(
                                   "preprocessing": preprocessing.to_dict(), "num_classes": train.num_classes}
         out.say(f"training {model.name!r} ({model.count_params():,} params) on {train.name}: "
                 f"{len(train)} train / {len(val)} validation / {len(test)} test examples, "
-                f"{config.epochs} epochs of {steps_per_epoch} steps, workdir {workdir}")
+                f"{config.epochs} epochs of {steps_per_epoch} steps, workdir {workdir}; "
+                f"{_describe_layout(layout, config.batch_size, global_batch)}")
     else:
         state, record = restored
         out.say(f"resuming from the checkpoint of step {int(state.step)} in {checkpoints.directory}")
-    if source.endswith(".toml"):  # the config this workdir was trained with, for the record
+    if lead and source.endswith(".toml"):  # the config this workdir was trained with, for the record
         _write_atomic(workdir / "config.toml", pathlib.Path(source).read_text())
 
     def save_record(step: int, epoch_sums: Metrics | None) -> dict[str, Any]:
@@ -233,8 +255,13 @@ def train_and_evaluate(
                                                for k in ("count", "loss", "correct", "top_k_correct", "nonfinite")}
         return {**record, "epoch_sums": sums, "step": step}
 
+    def on_devices(batches: Any) -> Any:
+        """Host batches padded to the global batch (masked) and laid out over the mesh."""
+        padded = (parallel.pad_batch(batch, global_batch) for batch in batches)
+        return data_lib.prefetch_to_device(padded, put=layout.put_batch)
+
     def batches_of(dataset: data_lib.Dataset) -> Any:
-        return data_lib.prefetch_to_device(data_lib.batches(dataset, config.batch_size, shuffle=False))
+        return on_devices(data_lib.batches(dataset, config.batch_size, shuffle=False))
 
     step = int(state.step)
     compile_seconds = None
@@ -250,7 +277,7 @@ def train_and_evaluate(
         # min(d * batch_size, len(train)) of them. No read-back from the device per step.
         real = lambda d: min(d * config.batch_size, len(train))  # noqa: E731
         segment_from = start  # the step in the epoch where the current timing segment began
-        for batch in data_lib.prefetch_to_device(data_lib.batches(
+        for batch in on_devices(data_lib.batches(
                 train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, start=start)):
             t0 = time.perf_counter()
             if compile_seconds is None:
@@ -309,8 +336,9 @@ def train_and_evaluate(
                 out.say(f"early stopping: {config.monitor} has not improved for {record['bad_epochs']} epochs")
         record["stopped_early"] = stopped_early
         checkpoints.save(step, state, save_record(step, None))
-        _write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
-        _plot(record["history"], workdir / "curves.png", f"{model.name} on {train.name}")
+        if lead:
+            _write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
+            _plot(record["history"], workdir / "curves.png", f"{model.name} on {train.name}")
 
     test_metrics = compiled.evaluate(state, batches_of(test)) if len(test) else {"loss": math.nan, "accuracy": math.nan}
     history = record["history"]
@@ -321,7 +349,7 @@ def train_and_evaluate(
         "steps": step,
         "train_seconds": record["train_seconds"],
         "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
-        "params_sha256": params_sha256(state.params),
+        "params_sha256": params_sha256(parallel.fetch(state.params)),
         "best_" + config.monitor: record["best"],
         "stopped_early": bool(record.get("stopped_early", False)),
         "skipped_steps": record.get("skipped_steps", 0),
@@ -331,13 +359,27 @@ def train_and_evaluate(
         "params": model.count_params(),
         "data": {"name": train.name, "train": len(train), "validation": len(val), "test": len(test)},
         "device": str(jax.devices()[0].platform),
+        "devices": layout.size,
+        "processes": jax.process_count(),
+        "mesh": mesh_config.strategy,
+        "global_batch_size": global_batch,
     }
-    _write_atomic(workdir / "results.json", json.dumps(results, indent=1) + "\n")
+    if lead:
+        _write_atomic(workdir / "results.json", json.dumps(results, indent=1) + "\n")
     out.say(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}; "
             f"{results['steps']} steps in {results['train_seconds']:.1f} s; results in {workdir / 'results.json'}")
     checkpoints.close()
     best_checkpoints.close()
     return results
+
+
+def _describe_layout(layout: parallel.Layout, batch_size: int, global_batch: int) -> str:
+    devices = layout.mesh.devices.flat
+    where = f"{layout.size} {next(iter(devices)).platform} device{'s' * (layout.size > 1)}"
+    if jax.process_count() > 1:
+        where += f" over {jax.process_count()} processes"
+    padding = f", padded to {global_batch}" if global_batch != batch_size else ""
+    return f"{layout.strategy} parallel on {where}, global batch {batch_size}{padding}"
 
 
 def _raise_nonfinite(compiled: CompiledModel, state: TrainState, batch: Any, step: int,

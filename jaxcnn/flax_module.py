@@ -32,8 +32,10 @@ class LayerModule(nn.Module):
     index: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
         try:
+            if mask is not None and getattr(self.spec, "uses_mask", False):
+                return self.spec.forward(self, x, train=train, mask=mask)
             return self.spec.forward(self, x, train=train)
         except JaxcnnError as error:
             raise error.located(index=self.index, layer_name=self.spec.name,
@@ -50,18 +52,19 @@ class SequentialModule(nn.Module):
     """The whole model. ``x`` is ``(batch, height, width, channels)``.
 
     ``train=True`` enables dropout (rng ``"dropout"``) and batch statistics (mutable
-    ``"batch_stats"``). ``capture=True`` returns every layer's output, in order.
+    ``"batch_stats"``); ``mask`` (``(batch,)``, 0 for padding) keeps padded examples out of the
+    batch statistics. ``capture=True`` returns every layer's output, in order.
     """
 
     specs: tuple[Layer, ...]
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, *, train: bool = False, capture: bool = False
+        self, x: jax.Array, *, train: bool = False, capture: bool = False, mask: jax.Array | None = None
     ) -> jax.Array | tuple[jax.Array, ...]:
         outputs = []
         for index, spec in enumerate(self.specs):
-            x = LayerModule(spec, index, name=spec.name)(x, train=train)
+            x = LayerModule(spec, index, name=spec.name)(x, train=train, mask=mask)
             outputs.append(x)
         return tuple(outputs) if capture else x
 

@@ -779,14 +779,22 @@ class BatchNormalization(Layer):
                    f" + 2*{c} non-trainable (moving mean, moving variance)",
         )
 
-    def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
+    uses_mask = True  # the training statistics are over the real examples of a padded batch
+
+    def forward(self, module: Any, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         c = x.shape[-1]
         mean = module.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         var = module.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
-            m, v = jnp.mean(xf, axes), jnp.var(xf, axes)
+            if mask is None:
+                m, v = jnp.mean(xf, axes), jnp.var(xf, axes)
+            else:  # padding (mask 0) neither counts in nor shifts the batch's mean and variance
+                w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+                n = jnp.maximum(jnp.sum(w) * math.prod(x.shape[1:-1]), 1.0)
+                m = jnp.sum(xf * w, axes) / n
+                v = jnp.sum(jnp.square(xf - m) * w, axes) / n
             if not module.is_initializing():
                 mean.value = self.momentum * mean.value + (1.0 - self.momentum) * m
                 var.value = self.momentum * var.value + (1.0 - self.momentum) * v

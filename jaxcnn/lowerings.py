@@ -55,6 +55,7 @@ __all__ = [
     "CONV_LOWERINGS",
     "POOL_LOWERINGS",
     "assume_batch",
+    "partitioned",
     "choose_conv",
     "choose_pool",
     "describe_conv",
@@ -83,6 +84,22 @@ def assume_batch(batch: int) -> Iterator[None]:
         _ASSUMED_BATCH.reset(token)
 
 
+_PARTITIONED: contextvars.ContextVar[bool] = contextvars.ContextVar("partitioned", default=False)
+
+
+@contextlib.contextmanager
+def partitioned() -> Iterator[None]:
+    """Within this block, code is traced for a mesh of several devices (jaxcnn.parallel): every
+    automatic convolution choice is ``lax.conv``, which XLA's SPMD partitioner handles natively.
+    The patches lowering's hand-written VJP gave a wrong weight gradient there once a batch held
+    masked padding ahead of a BatchNormalization (tests/test_parallel.py), so it is not used."""
+    token = _PARTITIONED.set(True)
+    try:
+        yield
+    finally:
+        _PARTITIONED.reset(token)
+
+
 def _fast_cpu_flags() -> bool:
     from jaxcnn.xla_flags import FAST_CPU_FLAGS
 
@@ -96,7 +113,7 @@ def choose_conv(output_hw: tuple[int, int], backend: str | None = None, batch: o
     ``backend``, for ``batch`` examples (an int; ``None`` or a symbolic dimension count as a large
     batch, unless :func:`assume_batch` says otherwise), in a training step or not."""
     backend = backend or jax.default_backend()
-    if backend != "cpu":
+    if backend != "cpu" or _PARTITIONED.get():
         return "conv"
     if not isinstance(batch, int):
         batch = _ASSUMED_BATCH.get()

@@ -260,14 +260,47 @@ def _rich(s: Summary, columns: tuple[str, ...]) -> str:
 
 
 def summarize_file(path: str, *, input_shape: Sequence[int] | None = None, format: str = "text",
-                   flops: bool = False, columns: Sequence[str] = (), check: bool = True) -> str:
-    """``jaxcnn summary PATH``: load a TOML, JSON or Keras JSON file, prove it, render it."""
+                   flops: bool = False, columns: Sequence[str] = (), check: bool = True,
+                   mesh: str | None = None, devices: int | None = None) -> str:
+    """``jaxcnn summary PATH``: load a TOML, JSON or Keras JSON file, prove it, render it.
+
+    With ``mesh`` (``"data"`` or ``"fsdp"``) and ``devices`` (default: the devices JAX sees), the
+    summary adds each parameter's sharding and the bytes one device holds of it and of its optimizer
+    state (the file's ``[train.optimizer]``, else Adam), computed with ``jax.eval_shape`` on an
+    abstract mesh: nothing is allocated and the devices need not exist."""
     from jaxcnn.config import load
 
     model = load(path)
     if input_shape is not None:
         model = model.with_input_shape(input_shape)
-    return render(summarize(model, check=check), format, flops=flops, columns=columns)
+    text = render(summarize(model, check=check), format, flops=flops, columns=columns)
+    if mesh is None:
+        return text
+    report = _sharding_report(path, model, mesh, devices)
+    if format == "json":
+        return json.dumps({**json.loads(text), "sharding": report}, indent=1)
+    from jaxcnn.parallel import render_sharding
+
+    return text + "\n" + render_sharding(report)
+
+
+def _sharding_report(path: str, model: Sequential, mesh: str, devices: int | None) -> dict[str, Any]:
+    import jax
+
+    from jaxcnn.config import read_document
+    from jaxcnn.errors import ConfigError
+    from jaxcnn.parallel import Layout, MeshConfig, sharding_report
+    from jaxcnn.train import compile
+
+    try:
+        doc = read_document(path)
+    except ConfigError:  # a Keras JSON file: no [train] or [mesh] tables
+        doc = {}
+    config = MeshConfig.from_table({**doc.get("mesh", {}), "strategy": mesh}, source=str(path))
+    layout = Layout.abstract(devices or config.devices or len(jax.devices()), config.strategy,
+                             config.fsdp_min_params)
+    optimizer = dict(doc.get("train", {}).get("optimizer", {"name": "adam"}))
+    return sharding_report(compile(model, optimizer).abstract_state(), layout, [layer.name for layer in model.layers])
 
 
 def render(summary: Summary, format: str = "text", *, flops: bool = False,

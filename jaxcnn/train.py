@@ -144,6 +144,10 @@ class CompiledModel:
       precision: ``"float32"`` or ``"bfloat16"`` (compute dtype; parameters stay float32).
       on_nonfinite: ``"stop"`` or ``"skip"``: both leave the state unchanged on a non-finite step
         and count it in ``Metrics.nonfinite``; the fit loop stops on ``"stop"``.
+      layout: ``None`` (one device, as ``jax.jit`` places it) or a :class:`jaxcnn.parallel.Layout`:
+        the state is created and kept on its mesh (replicated, or FSDP-sharded), the batches are
+        split over its ``"data"`` axis; a batch must then be laid out by ``layout.put_batch``
+        (or be a host array whose size the device count divides).
     """
 
     model: Sequential
@@ -154,20 +158,48 @@ class CompiledModel:
     top_k: int
     precision: str = "float32"
     on_nonfinite: str = "stop"
+    layout: Any = None  # a jaxcnn.parallel.Layout: jit with explicit shardings over its mesh
     train_step: Callable[..., tuple[TrainState, Metrics]] = dataclasses.field(init=False)
+    train_steps: Callable[..., tuple[TrainState, Metrics]] = dataclasses.field(init=False)
     eval_step: Callable[..., Metrics] = dataclasses.field(init=False)
     predict: Callable[..., jax.Array] = dataclasses.field(init=False)
+    _init: Callable[[jax.Array], TrainState] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "train_step", jax.jit(self._train_step, donate_argnums=0))
-        object.__setattr__(self, "eval_step", jax.jit(self._eval_step))
-        object.__setattr__(self, "predict", jax.jit(self._predict))
+        put = lambda name, f: object.__setattr__(self, name, f)  # noqa: E731  (a frozen dataclass)
+        if self.layout is None:
+            put("train_step", jax.jit(self._train_step, donate_argnums=0))
+            put("train_steps", jax.jit(self._train_steps, donate_argnums=0))
+            put("eval_step", jax.jit(self._eval_step))
+            put("predict", jax.jit(self._predict))
+            put("_init", self._init_from_key)
+            return
+        # Explicit shardings (jaxcnn.parallel): the state per its layout, batches split over "data",
+        # metrics replicated. XLA's SPMD partitioner adds the collectives.
+        layout = self.layout
+        if layout.size > 1:  # traced for the mesh: the lowering choice knows (lowerings.partitioned)
+            step, steps, evaluate, predict = (_partitioned(f) for f in (
+                self._train_step, self._train_steps, self._eval_step, self._predict))
+        else:
+            step, steps, evaluate, predict = self._train_step, self._train_steps, self._eval_step, self._predict
+        state = layout.state_shardings(self.abstract_state())
+        batch, stacked, replicated = layout.batch_sharding(), layout.batch_sharding(1), layout.replicated
+        put("train_step", jax.jit(step, in_shardings=(state, batch),
+                                  out_shardings=(state, replicated), donate_argnums=0))
+        put("train_steps", jax.jit(steps, in_shardings=(state, stacked),
+                                   out_shardings=(state, replicated), donate_argnums=0))
+        put("eval_step", jax.jit(evaluate, in_shardings=(state, batch), out_shardings=replicated))
+        put("predict", jax.jit(predict, in_shardings=(state, batch), out_shardings=batch))
+        put("_init", jax.jit(self._init_from_key, out_shardings=state))
 
     # ---- state ---------------------------------------------------------------------------
     def init(self, seed: int | jax.Array = 0) -> TrainState:
-        """A fresh training state. The parameters' key is ``fold_in(key(seed), 0)``; step keys are
-        ``fold_in(fold_in(key(seed), 1), step)``."""
+        """A fresh training state (laid out per ``layout`` when there is one). The parameters' key is
+        ``fold_in(key(seed), 0)``; step keys are ``fold_in(fold_in(key(seed), 1), step)``."""
         base = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
+        return self._init(base)
+
+    def _init_from_key(self, base: jax.Array) -> TrainState:
         images = jnp.zeros((1, *self.model.input_shape), jnp.float32)
         variables = self.module.init({"params": jax.random.fold_in(base, 0)}, images)
         params = variables["params"]
@@ -178,17 +210,17 @@ class CompiledModel:
 
     def abstract_state(self) -> TrainState:
         """The state's shapes and dtypes (``ShapeDtypeStruct`` leaves), computed without allocating."""
-        return jax.eval_shape(self.init, jax.random.PRNGKey(0))
+        return jax.eval_shape(self._init_from_key, jax.random.PRNGKey(0))
 
     # ---- the pieces of a step --------------------------------------------------------------
     def _logits(self, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
-                rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+                rng: jax.Array | None = None, mask: jax.Array | None = None) -> tuple[jax.Array, Any]:
         dtype = PRECISIONS[self.precision]
         variables = {"params": params, "batch_stats": batch_stats}
         if train:
             logits, updates = self.module.apply(
                 variables, images.astype(dtype), train=True, rngs={"dropout": rng},
-                mutable=["batch_stats"])
+                mutable=["batch_stats"], mask=mask)
             return logits.astype(jnp.float32), updates.get("batch_stats", batch_stats)
         return self.module.apply(variables, images.astype(dtype)).astype(jnp.float32), batch_stats
 
@@ -248,7 +280,7 @@ class CompiledModel:
         rng = jax.random.fold_in(state.rng, state.step)
 
         def objective(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
-            logits, batch_stats = self._logits(params, state.batch_stats, images, train=True, rng=rng)
+            logits, batch_stats = self._logits(params, state.batch_stats, images, train=True, rng=rng, mask=mask)
             losses = self._per_example_loss(logits, labels)
             mean = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             return mean, (batch_stats, logits, losses)
@@ -267,6 +299,20 @@ class CompiledModel:
         )
         metrics = self._metrics(logits, labels, losses, mask)
         return new_state, metrics.replace(nonfinite=1.0 - finite.astype(jnp.float32))
+
+    def _train_steps(self, state: TrainState, batches: Sequence[jax.Array]) -> tuple[TrainState, Metrics]:
+        """``k`` training steps in one call, unrolled: ``batches`` holds ``k`` batches stacked on a
+        leading axis (``images (k, batch, ...)``, ``labels (k, batch, ...)``, optional ``mask (k, batch)``).
+        The same as ``k`` calls of ``train_step`` (tested); the metrics are their sums. Unrolled in
+        Python, not ``lax.scan``: a scanned step ran about 15x slower on XLA's CPU backend (issue 5),
+        and compilation grows with ``k``. It saves the per-call dispatch, which pays only where a step is
+        short next to it (small models on an accelerator); on this 2-core CPU it does not pay
+        (experiments/bench_train.py), so the fit loop calls ``train_step``."""
+        total = Metrics.empty(self.top_k)
+        for i in range(batches[0].shape[0]):
+            state, metrics = self._train_step(state, tuple(b[i] for b in batches))
+            total = total.merge(metrics)
+        return state, total
 
     def _eval_step(self, state: TrainState, batch: Sequence[jax.Array]) -> Metrics:
         images, labels, mask = self._unpack(batch)
@@ -289,7 +335,7 @@ class CompiledModel:
         def objective(params: Any) -> tuple[jax.Array, Any]:
             outputs, _ = self.module.apply({"params": params, "batch_stats": state.batch_stats},
                                            images.astype(dtype), train=True, capture=True,
-                                           rngs={"dropout": rng}, mutable=["batch_stats"])
+                                           rngs={"dropout": rng}, mutable=["batch_stats"], mask=mask)
             losses = self._per_example_loss(outputs[-1].astype(jnp.float32), labels)
             return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0), outputs
 
@@ -328,6 +374,17 @@ class CompiledModel:
         return total.compute()
 
 
+def _partitioned(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` traced inside :func:`jaxcnn.lowerings.partitioned`."""
+    from jaxcnn.lowerings import partitioned
+
+    def traced(*args: Any) -> Any:
+        with partitioned():
+            return f(*args)
+
+    return traced
+
+
 def compile(  # noqa: A001  (the Keras name)
     model: Sequential,
     optimizer: optax.GradientTransformation | str | Mapping[str, Any] = "adam",
@@ -337,6 +394,7 @@ def compile(  # noqa: A001  (the Keras name)
     precision: str = "float32",
     on_nonfinite: str = "stop",
     total_steps: int | None = None,
+    layout: Any = None,
 ) -> CompiledModel:
     """Compile ``model`` for training, as Keras's ``model.compile``.
 
@@ -352,6 +410,7 @@ def compile(  # noqa: A001  (the Keras name)
       precision: ``"float32"``, or ``"bfloat16"`` for bfloat16 compute with float32 parameters.
       on_nonfinite: ``"stop"`` or ``"skip"`` (see :class:`CompiledModel`).
       total_steps: the run's length, for learning-rate schedules that need it.
+      layout: a :class:`jaxcnn.parallel.Layout` for data-parallel or FSDP training over a mesh.
     """
     from jaxcnn.optimizers import from_config
 
@@ -365,4 +424,4 @@ def compile(  # noqa: A001  (the Keras name)
     specs, head = _split_head(model)
     return CompiledModel(model=model, module=SequentialModule(specs=specs), optimizer=optimizer,
                          loss=_loss_name(loss), head=head, top_k=_metric_k(metrics), precision=precision,
-                         on_nonfinite=on_nonfinite)
+                         on_nonfinite=on_nonfinite, layout=layout)

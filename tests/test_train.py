@@ -228,3 +228,21 @@ def test_metrics_merge_and_compute():
                 nonfinite=jnp.float32(0))
     total = a.merge(a).compute()
     assert total == {"loss": 1.5, "accuracy": 0.5, "top5_accuracy": 1.0, "examples": 4}
+
+
+def test_several_unrolled_steps_per_call_equal_single_steps():
+    compiled = compile(small_model(), "adam")
+    x, y = data(32)
+    x, y = x.reshape(4, 8, *x.shape[1:]), y.reshape(4, 8)
+    mask = np.ones((4, 8), np.float32)
+    mask[-1, 5:] = 0.0  # a padded last batch
+    one = compiled.init(0)
+    sums = []
+    for i in range(4):
+        one, metrics = compiled.train_step(one, (x[i], y[i], mask[i]))
+        sums.append(metrics)
+    many, total = compiled.train_steps(compiled.init(0), (x, y, mask))
+    assert int(many.step) == int(one.step) == 4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), many.params, one.params)
+    assert float(total.count) == 29.0
+    np.testing.assert_allclose(float(total.loss), sum(float(m.loss) for m in sums), rtol=1e-5)
