@@ -145,3 +145,15 @@ def test_a_whole_model_trains_the_same_under_either_lowering(lowering):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_on_a_mesh_every_automatic_convolution_is_lax_conv():
+    # experiments/xla_spmd_patches_repro.py: the patches lowering's gradient came out wrong from XLA's
+    # SPMD partitioner on 8 CPU devices; traced for a mesh, the rule falls back to lax.conv.
+    from jaxcnn.lowerings import choose_conv, partitioned
+
+    assert choose_conv((2, 2), "cpu", batch=64, train=True) == "patches"
+    with partitioned():
+        assert choose_conv((2, 2), "cpu", batch=64, train=True) == "conv"
+        assert choose_conv((32, 32), "cpu", batch=1) == "conv"
+    assert choose_conv((2, 2), "cpu", batch=64, train=True) == "patches"
