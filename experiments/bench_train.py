@@ -13,8 +13,8 @@ own: 4 training steps per jitted call (`CompiledModel.train_steps`, unrolled) an
 
 Models and settings (issue 5): the seed CIFAR CNN at batch 128 with Adam; VGG-11 for 32x32 inputs at
 batch 64 with SGD and momentum 0.9; VGG16 at 64x64 at batch 16 with SGD and momentum. For each
-framework: the first step's time (tracing and compilation included), the median time of the
-following steps, images per second, achieved GFLOP/s with training FLOPs counted as 3x the forward
+framework: the first step's time (tracing and compilation included), the median step time over
+3 rounds of N steps (default 5) that visit the frameworks in turn, images per second, achieved GFLOP/s with training FLOPs counted as 3x the forward
 FLOPs of jaxcnn's stated convention (2 per multiply-accumulate, 1 per bias add; the backward pass
 costs about twice the forward), and its fraction of a 2048x2048 float32 matmul's rate measured in
 the same run. `--xla-fast-cpu` applies the experimental XLA CPU flags of jaxcnn.xla_flags to every
@@ -94,20 +94,24 @@ class HandWrittenFlax(nn.Module):
         return x  # logits: the loss applies log-softmax
 
 
-def steps_of(step, n: int) -> tuple[float, float]:
-    """(first step seconds, median seconds of the next n steps); ``step()`` blocks until done."""
+def first_call(step) -> float:
+    """Seconds of the first call of ``step()`` (tracing and compilation included)."""
     start = time.perf_counter()
     step()
-    first = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def timed_calls(step, n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``step()``, which blocks until done."""
     times = []
     for _ in range(n):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+    return times
 
 
-def bench_jaxcnn(model, x, y, optimizer, n, *, precision="float32"):
+def bench_jaxcnn(model, x, y, optimizer, *, precision="float32"):
     compiled = jaxcnn.compile(model, optimizer, precision=precision)
     box = [compiled.init(0)]
 
@@ -115,18 +119,19 @@ def bench_jaxcnn(model, x, y, optimizer, n, *, precision="float32"):
         box[0], metrics = compiled.train_step(box[0], (x, y))
         metrics.loss.block_until_ready()
 
-    return steps_of(step, n)
+    return step, 1
 
 
-def bench_jaxcnn_bf16(model, x, y, optimizer, n):
+def bench_jaxcnn_bf16(model, x, y, optimizer):
     """Step-level lever: bfloat16 compute, float32 parameters."""
-    return bench_jaxcnn(model, x, y, optimizer, n, precision="bfloat16")
+    return bench_jaxcnn(model, x, y, optimizer, precision="bfloat16")
 
 
 STEPS_PER_CALL = 4
+ROUNDS = 3
 
 
-def bench_jaxcnn_unrolled(model, x, y, optimizer, n):
+def bench_jaxcnn_unrolled(model, x, y, optimizer):
     """Step-level lever: STEPS_PER_CALL steps per jitted call (``train_steps``, unrolled); the
     reported step time is a call's time divided by STEPS_PER_CALL, the first step the first call."""
     compiled = jaxcnn.compile(model, optimizer)
@@ -137,11 +142,10 @@ def bench_jaxcnn_unrolled(model, x, y, optimizer, n):
         box[0], metrics = compiled.train_steps(box[0], (xs, ys))
         metrics.loss.block_until_ready()
 
-    first, median = steps_of(call, max(2, n // STEPS_PER_CALL))
-    return first, median / STEPS_PER_CALL
+    return call, STEPS_PER_CALL
 
 
-def bench_flax(model, x, y, optimizer, n):
+def bench_flax(model, x, y, optimizer):
     module = HandWrittenFlax(model)
     params = module.init(jax.random.key(0), x[:1])["params"]
     tx = optax_optimizer(optimizer)
@@ -163,19 +167,19 @@ def bench_flax(model, x, y, optimizer, n):
         box[0], box[1], loss = train_step(box[0], box[1], x, y)
         loss.block_until_ready()
 
-    return steps_of(step, n)
+    return step, 1
 
 
-def bench_keras(model, x, y, optimizer, n):
+def bench_keras(model, x, y, optimizer):
     import keras
 
     net = keras_model(model)
     opt = keras.optimizers.Adam(1e-3) if optimizer == "adam" else keras.optimizers.SGD(0.01, momentum=0.9)
     net.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
-    return steps_of(lambda: net.train_on_batch(x, y), n)
+    return (lambda: net.train_on_batch(x, y)), 1
 
 
-def bench_torch(model, x, y, optimizer, n):
+def bench_torch(model, x, y, optimizer):
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -194,7 +198,7 @@ def bench_torch(model, x, y, optimizer, n):
         loss.backward()
         opt.step()
 
-    return steps_of(step, n)
+    return step, 1
 
 
 def matmul_gflops() -> float:
@@ -236,13 +240,27 @@ def main() -> None:
         rows = {}
         print(f"\n{name}: {model.count_params():,} params, batch {batch}, {setting['optimizer']}, "
               f"{train_flops / 1e9:.2f} training GFLOP per image", flush=True)
+        # Every framework's first call, then ROUNDS rounds of n calls each, interleaved (a slow
+        # spell of this shared machine then hits every framework alike); the median over the rounds.
+        steps, firsts, times = {}, {}, {}
         for framework, bench in frameworks.items():
-            first, step = bench(model, x, y, setting["optimizer"], n)
+            steps[framework] = bench(model, x, y, setting["optimizer"])
+            firsts[framework] = first_call(steps[framework][0])
+            times[framework] = []
+        for _ in range(ROUNDS):
+            for framework, (step, per_call) in steps.items():
+                time.sleep(1.0)  # the previous framework's worker threads (OpenMP's spin-wait) go idle
+                calls = max(2, n // per_call)
+                times[framework] += [t / per_call for t in timed_calls(step, calls)]
+        for framework in frameworks:
+            first, step = firsts[framework], statistics.median(times[framework])
             gflops = train_flops * batch / step / 1e9
             rows[framework] = {"first_step_s": first, "step_ms": step * 1000, "images_per_second": batch / step,
-                               "gflops": gflops, "fraction_of_matmul": gflops / peak}
+                               "gflops": gflops, "fraction_of_matmul": gflops / peak,
+                               "step_ms_range": [min(times[framework]) * 1000, max(times[framework]) * 1000]}
             print(f"  {framework:32s} step {step * 1000:9.1f} ms  first {first:6.2f} s  "
                   f"{batch / step:8.0f} images/s  {gflops:6.1f} GFLOP/s ({gflops / peak:.0%} of matmul)", flush=True)
+        steps.clear()
         mine = rows["jaxcnn"]
         for framework, fig in rows.items():
             fig["jaxcnn_speedup"] = fig["step_ms"] / mine["step_ms"]

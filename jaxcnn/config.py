@@ -29,19 +29,18 @@ an ``Input`` table (jaxcnn) is not counted, and errors about it carry no index.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import json
 import math
 import os
 import pathlib
-import secrets
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError, describe_value
+from jaxcnn.files import write_atomic
 from jaxcnn.layers import INITIALIZERS, LAYER_TYPES, Input, Layer, snake_case
 from jaxcnn.model import Sequential
 
@@ -293,34 +292,11 @@ def save(model: Sequential, path: str | os.PathLike[str], *, header: str | None 
     text = to_toml(model, header=header)  # before touching the disk: a failure writes nothing
     target = pathlib.Path(os.fsdecode(path))
     try:
-        _write_atomic(target, text.encode("utf-8"))
+        write_atomic(target, text.encode("utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot write the config: {error.strerror or error}",
                           source=str(target)) from None
     return target
-
-
-def _write_atomic(target: pathlib.Path, data: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(temp, flags, 0o666)  # the umask applies, as for an ordinary file
-        except FileExistsError:
-            continue
-        break
-    else:  # pragma: no cover - 100 collisions of 48 random bits
-        raise FileExistsError(f"no free temporary name next to {target}")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 # Control characters TOML refuses raw in strings and comments (tab is allowed).

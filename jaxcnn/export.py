@@ -23,6 +23,7 @@ from jaxcnn.artifact import FORMAT
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ExportError, JaxcnnError
+from jaxcnn.files import atomic_path
 from jaxcnn.train import CompiledModel, compile, params_sha256
 
 __all__ = ["PLATFORMS", "checkpoint_folder", "export_model", "forward_function"]
@@ -128,11 +129,9 @@ def export_model(
     }
     target = pathlib.Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.tmp")
-    with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+    with atomic_path(target) as temp, zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("manifest.json", json.dumps(manifest, indent=1))
         archive.writestr("forward.jax_export", bytes(forward))
         archive.writestr("forward_small.jax_export", bytes(forward_small))
         archive.writestr("params.npz", params)
-    os.replace(temp, target)
     return manifest

@@ -51,6 +51,7 @@ from jaxcnn import parallel
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError
+from jaxcnn.files import atomic_path, write_atomic
 from jaxcnn.train import CompiledModel, Metrics, TrainState, compile, params_sha256
 
 __all__ = ["TrainConfig", "train_and_evaluate"]
@@ -133,12 +134,6 @@ class _Progress:
             self.stream.flush()
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
 def _plot(history: list[dict[str, Any]], path: pathlib.Path, title: str) -> None:
     import matplotlib
 
@@ -156,10 +151,9 @@ def _plot(history: list[dict[str, Any]], path: pathlib.Path, title: str) -> None
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(temp, dpi=90)
+    with atomic_path(path) as temp:
+        fig.savefig(temp, dpi=90, format="png")
     plt.close(fig)
-    os.replace(temp, path)
 
 
 def _improved(monitor: str, value: float, best: float | None) -> bool:
@@ -248,7 +242,7 @@ def train_and_evaluate(
         state, record = restored
         out.say(f"resuming from the checkpoint of step {int(state.step)} in {checkpoints.directory}")
     if lead and source.endswith(".toml"):  # the config this workdir was trained with, for the record
-        _write_atomic(workdir / "config.toml", pathlib.Path(source).read_text())
+        write_atomic(workdir / "config.toml", pathlib.Path(source).read_text())
 
     def save_record(step: int, epoch_sums: Metrics | None) -> dict[str, Any]:
         sums = None if epoch_sums is None else {k: float(getattr(epoch_sums, k))
@@ -337,7 +331,7 @@ def train_and_evaluate(
         record["stopped_early"] = stopped_early
         checkpoints.save(step, state, save_record(step, None))
         if lead:
-            _write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
+            write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
             _plot(record["history"], workdir / "curves.png", f"{model.name} on {train.name}")
 
     test_metrics = compiled.evaluate(state, batches_of(test)) if len(test) else {"loss": math.nan, "accuracy": math.nan}
@@ -365,7 +359,7 @@ def train_and_evaluate(
         "global_batch_size": global_batch,
     }
     if lead:
-        _write_atomic(workdir / "results.json", json.dumps(results, indent=1) + "\n")
+        write_atomic(workdir / "results.json", json.dumps(results, indent=1) + "\n")
     out.say(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}; "
             f"{results['steps']} steps in {results['train_seconds']:.1f} s; results in {workdir / 'results.json'}")
     checkpoints.close()
