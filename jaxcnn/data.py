@@ -50,6 +50,7 @@ from jaxcnn.errors import ConfigError, describe_value
 
 __all__ = [
     "DATASETS",
+    "DATA_DEFAULTS",
     "DATA_KEYS",
     "FIT_METHODS",
     "NORMALIZE_MODES",
@@ -80,8 +81,9 @@ FIT_METHODS: tuple[str, ...] = ("pad", "resize", "none")
 #: Keys of the ``[data]`` table.
 DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit")
 
-_DEFAULTS: dict[str, Any] = {
+DATA_DEFAULTS: Mapping[str, Any] = {
     "name": "digits", "validation": 0.1, "test": 0.1, "normalize": "standardize", "fit": "pad"}
+"""The ``[data]`` keys' values where a config leaves them out."""
 
 # A channel whose standard deviation is below this is only centred, not scaled.
 _MIN_STD = 1e-6
@@ -645,7 +647,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
         if key not in DATA_KEYS:
             raise ConfigError(_unknown("key in [data]", str(key), DATA_KEYS), source=source,
                               key=f"data.{key}")
-    cfg = {**_DEFAULTS, **table}
+    cfg = {**DATA_DEFAULTS, **table}
 
     def fail(key: str, detail: str) -> ConfigError:
         return ConfigError(detail, source=source, key=f"data.{key}")

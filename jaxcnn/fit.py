@@ -30,6 +30,24 @@ What a run writes in its workdir:
   ``images_per_second``, ``params_sha256`` (and more). ``train_seconds`` is the time spent in
   training epochs (steps, data, checkpoints), without validation and without the first step's
   compilation, which is ``first_step_seconds``.
+
+Resuming. A checkpoint records the settings the run's results depend on (the model, the whole
+``[data]`` table, the ``[train]`` table but for ``epochs``, ``checkpoint_every_steps`` and
+``keep_checkpoints``, and the seed). A run whose settings differ is refused, naming each key that
+differs, and the checkpoint is left untouched. ``epochs`` may grow (not shrink): the run says so,
+and a learning-rate schedule that is derived from the run's length (``decay_steps`` not given) is
+derived again from the new length, so from the resumed step on the learning rate follows the longer
+schedule; the run prints the learning rate at that step before and after.
+
+The loop's parts: :func:`_set_up` (the config read and validated, the data, the compiled model; no
+file written), :func:`_start_or_resume`, :func:`_train_epoch`, :func:`_end_epoch` (validation,
+checkpoints, files, early stopping) and :func:`_finish` (the test evaluation and ``results.json``).
+Periodic work (the progress line, mid-epoch checkpoints) is decided by :class:`Every` from the step
+and the time it is given. Non-finite steps are counted on the device and read where the loop
+synchronizes anyway (a progress redraw, a checkpoint, the epoch's end), never once a step; with
+``on_nonfinite = "stop"`` the run then replays, from its last checkpoint, exactly the steps up to
+the failing one (the same batches, dropout keys and layout), and names it and its first non-finite
+layer.
 """
 
 from __future__ import annotations
@@ -41,7 +59,7 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 import jax
@@ -52,9 +70,18 @@ from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError
 from jaxcnn.files import atomic_path, write_atomic
+from jaxcnn.model import Sequential
 from jaxcnn.train import CompiledModel, Metrics, TrainState, compile, params_sha256
 
-__all__ = ["TrainConfig", "train_and_evaluate"]
+__all__ = ["Every", "Progress", "TrainConfig", "train_and_evaluate"]
+
+SEED_MAX = 2**32 - 1
+# [train] keys a resume may change: they do not change what the run computes (epochs may grow).
+_RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "keep_checkpoints")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +102,13 @@ class TrainConfig:
     monitor: str = "val_loss"
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], *, source: str = "<config>") -> TrainConfig:
+    def from_table(cls, table: Mapping[str, Any], *, source: str = "<config>",
+                   overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The table validated; ``overrides`` (``jaxcnn train --epochs/--seed``; ``None`` values
+        ignored) replace its keys first and go through the same validation."""
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table ([train])", source=source, key="train")
+        table = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in table.items():
@@ -99,39 +132,425 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "keep_checkpoints"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"(={getattr(config, key)}) must be at least 1", source=source, key=f"train.{key}")
+        if config.seed > SEED_MAX:
+            raise ConfigError(f"(={config.seed}) must be at most {SEED_MAX} (2**32 - 1)", source=source,
+                              key="train.seed")
         if config.monitor not in ("val_loss", "val_accuracy"):
             raise ConfigError(f"(={config.monitor!r}) must be 'val_loss' or 'val_accuracy'",
                               source=source, key="train.monitor")
         return config
 
+    def settings(self) -> dict[str, Any]:
+        """The keys a resumed run must share with the run that wrote the checkpoint (JSON-ready)."""
+        table = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in table.items() if k not in _RESUMABLE_KEYS}
 
-class _Progress:
-    """One line of progress on ``stream``: redrawn in place on a terminal, printed at each epoch's
-    end otherwise (logs stay readable)."""
 
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
+class Every:
+    """When a periodic action is due, as clu's periodic actions decide it: every ``steps`` steps
+    and/or every ``seconds`` seconds. The step and the time are inputs (``due(step, now)``), so
+    the decision is deterministic in tests; 0 turns a criterion off."""
+
+    def __init__(self, *, steps: int = 0, seconds: float = 0.0, now: float = 0.0) -> None:
+        self.steps, self.seconds, self._last = steps, seconds, now
+
+    def due(self, step: int, now: float) -> bool:
+        due = bool(self.steps and step % self.steps == 0) or bool(self.seconds and now - self._last >= self.seconds)
+        if due:
+            self._last = now
+        return due
+
+
+class Progress:
+    """The run's output on ``stream``. On a terminal the current epoch's line is redrawn in place
+    (at most every ``redraw_seconds``); elsewhere (a log) only each epoch's final line is written.
+    ``enabled=False`` writes nothing (``--quiet``, processes other than 0)."""
+
+    def __init__(self, stream: TextIO, enabled: bool, *, tty: bool | None = None,
+                 redraw_seconds: float = 0.2) -> None:
         self.stream, self.enabled = stream, enabled
-        self.tty = enabled and stream.isatty()
-        self.last = 0.0
+        self.tty = enabled and (stream.isatty() if tty is None else tty)
+        self._redraw = Every(seconds=redraw_seconds, now=-math.inf)
 
-    def update(self, text: str | Callable[[], str], *, final: bool = False) -> None:
-        """Show ``text`` (or what the callable returns: it is called only when the line is drawn,
-        so a training step does not read its metrics back from the device for nothing)."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self.tty and (final or now - self.last > 0.2):
-            self.stream.write("\r\033[K" + (text() if callable(text) else text) + ("\n" if final else ""))
-            self.stream.flush()
-            self.last = now
-        elif not self.tty and final:
-            self.stream.write((text() if callable(text) else text) + "\n")
-            self.stream.flush()
+    def step(self, step: int, now: float, text: Callable[[], str]) -> bool:
+        """Redraw the line with ``text()`` if it is due at ``now``; ``text`` is only called then
+        (it reads metrics back from the device). Returns whether it was drawn."""
+        if not (self.tty and self._redraw.due(step, now)):
+            return False
+        self.stream.write("\r\033[K" + text())
+        self.stream.flush()
+        return True
+
+    def epoch(self, text: str) -> None:
+        """An epoch's final line."""
+        self.say(("\r\033[K" if self.tty else "") + text)
 
     def say(self, text: str) -> None:
         if self.enabled:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+
+# ---- setting up ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """Everything a run needs, read and validated before the first file is written."""
+
+    source: str
+    workdir: pathlib.Path
+    model: Sequential
+    config: TrainConfig
+    mesh: parallel.MeshConfig
+    layout: parallel.Layout
+    global_batch: int
+    train: data_lib.Dataset
+    val: data_lib.Dataset
+    test: data_lib.Dataset
+    preprocessing: data_lib.Preprocessing
+    compiled: CompiledModel
+    steps_per_epoch: int
+    settings: dict[str, Any]
+    lead: bool  # the process that writes files and prints
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    def real_examples(self, steps_into_epoch: int) -> int:
+        """Real (unpadded) examples in an epoch's first ``steps_into_epoch`` steps: known on the
+        host, so no step reads its mask back from the device."""
+        return min(steps_into_epoch * self.config.batch_size, len(self.train))
+
+    def on_devices(self, batches: Iterator[data_lib.Batch]) -> Iterator[Any]:
+        """Host batches padded to the global batch (masked) and laid out over the mesh."""
+        padded = (parallel.pad_batch(batch, self.global_batch) for batch in batches)
+        return data_lib.prefetch_to_device(padded, put=self.layout.put_batch)
+
+    def train_batches(self, epoch: int, start: int) -> Iterator[Any]:
+        return self.on_devices(data_lib.batches(self.train, self.config.batch_size, shuffle=True,
+                                                seed=self.config.seed, epoch=epoch, start=start))
+
+    def evaluate(self, state: TrainState, dataset: data_lib.Dataset) -> dict[str, float]:
+        if not len(dataset):
+            return {"loss": math.nan, "accuracy": math.nan}
+        return self.compiled.evaluate(state, self.on_devices(
+            data_lib.batches(dataset, self.config.batch_size, shuffle=False)))
+
+
+def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
+            epochs: int | None, seed: int | None, mesh: str | None, devices: int | None) -> _Run:
+    """Read, validate and prepare everything; raises before any file is written."""
+    source = os.fsdecode(config_path)
+    doc = read_document(config_path)
+    model = from_dict(doc, source=source)
+    try:
+        model.check()  # the shapes are proved before any training step is traced
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    config = TrainConfig.from_table(doc.get("train", {}), source=source,
+                                    overrides={"epochs": epochs, "seed": seed})
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError("is a file: the workdir must be a folder (new, or of an earlier run of this config)",
+                          source=str(workdir))
+    mesh_config = parallel.MeshConfig.from_table(
+        {**doc.get("mesh", {}), **{k: v for k, v in (("strategy", mesh), ("devices", devices)) if v is not None}},
+        source=source)
+    try:
+        layout = parallel.Layout.create(mesh_config)
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    global_batch = layout.padded_batch_size(config.batch_size, mesh_config.uneven_batch, source=source)
+    data_table = doc.get("data", {})
+    train, val, test, preprocessing = data_lib.prepare_from_config(
+        data_table, input_shape=model.input_shape, seed=config.seed, source=source)
+    if len(train) == 0:
+        raise ConfigError("the training split is empty", source=source, key="data")
+    if config.early_stopping_patience and len(val) == 0:
+        raise ConfigError(
+            f"(={config.early_stopping_patience}) needs a validation split to monitor {config.monitor}, and "
+            "this run has none: set data.validation above 0, or early_stopping_patience = 0",
+            source=source, key="train.early_stopping_patience")
+    if config.loss == "sparse_categorical_crossentropy" and model.output_shape != (train.num_classes,):
+        raise ConfigError(
+            f"the model's output {model.output_shape} does not fit the data's {train.num_classes} classes: "
+            f"the last layer should be Dense({train.num_classes}, activation=\"softmax\")",
+            source=source, key="layers")
+    steps_per_epoch = data_lib.num_batches(len(train), config.batch_size)
+    try:
+        compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
+                           precision=config.precision, on_nonfinite=config.on_nonfinite,
+                           total_steps=config.epochs * steps_per_epoch, layout=layout)
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    settings = {"seed": config.seed, "train": config.settings(),
+                "data": {**data_lib.DATA_DEFAULTS, **data_table}}
+    return _Run(source=source, workdir=workdir, model=model, config=config, mesh=mesh_config,
+                layout=layout, global_batch=global_batch, train=train, val=val, test=test,
+                preprocessing=preprocessing, compiled=compiled, steps_per_epoch=steps_per_epoch,
+                settings=settings, lead=jax.process_index() == 0)
+
+
+def _open_checkpoints(run: _Run) -> tuple[Checkpoints, Checkpoints]:
+    try:
+        run.workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create the workdir: {error.strerror or error}", source=str(run.workdir)) from None
+    fingerprint = model_fingerprint(run.model)
+    return (Checkpoints(run.workdir / "checkpoints", fingerprint=fingerprint, keep=run.config.keep_checkpoints,
+                        settings=run.settings),
+            Checkpoints(run.workdir / "best", fingerprint=fingerprint, keep=1, settings=run.settings))
+
+
+def _new_record(run: _Run) -> dict[str, Any]:
+    return {"history": [], "best": None, "best_step": None, "bad_epochs": 0, "train_seconds": 0.0,
+            "examples": 0, "epoch_sums": None, "skipped_steps": 0, "stopped_early": False,
+            "epochs": run.config.epochs, "preprocessing": run.preprocessing.to_dict(),
+            "num_classes": run.train.num_classes}
+
+
+def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
+                     out: Progress) -> tuple[TrainState, dict[str, Any]]:
+    """A fresh state, or the newest checkpoint's (refused if its run differs, see the module
+    docstring); a best checkpoint that a kill kept from being written is written now."""
+    restored = checkpoints.restore(run.layout.with_shardings(run.compiled.abstract_state()))
+    if restored is None:
+        out.say(f"training {run.model.name!r} ({_plural(run.model.count_params(), 'param')}) on {run.train.name}: "
+                f"{len(run.train)} train / {len(run.val)} validation / {len(run.test)} test examples, "
+                f"{_plural(run.config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
+                f"workdir {run.workdir}; {_describe_layout(run)}")
+        return run.compiled.init(run.config.seed), _new_record(run)
+    state, record = restored
+    step = int(state.step)
+    out.say(f"resuming from the checkpoint of step {step} in {checkpoints.directory}")
+    was = int(record.get("epochs", run.config.epochs))
+    if run.config.epochs < was:
+        raise ConfigError(
+            f"(={run.config.epochs}) is fewer than the {_plural(was, 'epoch')} of the run that wrote the "
+            f"checkpoint of step {step} in {checkpoints.directory}; epochs may grow on a resume, not shrink",
+            source=run.source, key="train.epochs")
+    if run.config.epochs > was:
+        out.say(f"train.epochs grew from {was} to {run.config.epochs}: the run goes on to step "
+                f"{run.total_steps:,}; {_schedule_change(run, was * run.steps_per_epoch, step)}")
+        record = {**record, "epochs": run.config.epochs, "stopped_early": False}
+    best_step = record.get("best_step")
+    if best_step == step and best.latest_step() != step:  # killed between the two saves
+        best.save(step, state, {**record, "epoch_sums": None})
+    return state, record
+
+
+def _schedule_change(run: _Run, old_total: int, step: int) -> str:
+    """What a longer run does to the learning-rate schedule, in words."""
+    from jaxcnn.optimizers import learning_rate_schedule
+
+    before = learning_rate_schedule(run.config.optimizer, total_steps=old_total)
+    after = learning_rate_schedule(run.config.optimizer, total_steps=run.total_steps)
+    if not callable(before):
+        return "the learning rate is constant, so nothing else changes"
+    probes = (step, old_total, run.total_steps)
+    if all(float(before(s)) == float(after(s)) for s in probes):
+        return "the learning-rate schedule does not depend on the run's length and is unchanged"
+    return (f"the learning-rate schedule is derived again for {run.total_steps:,} steps instead of "
+            f"{old_total:,}: at step {step:,} the learning rate goes from {float(before(step)):.4g} to "
+            f"{float(after(step)):.4g}")
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Clock:
+    """The epoch's training time, without the first step's compilation and without validation."""
+
+    first_step_seconds: float | None = None
+    started: float = 0.0  # when the current timing segment began
+    segment_from: int = 0  # the step in the epoch where it began
+
+    def close_segment(self, record: dict[str, Any], run: _Run, done: int) -> None:
+        """Add the segment ending after ``done`` steps of the epoch to the record's totals."""
+        record["train_seconds"] += time.perf_counter() - self.started
+        record["examples"] += run.real_examples(done) - run.real_examples(self.segment_from)
+        self.started, self.segment_from = time.perf_counter(), done
+
+
+def _sums_of(record: dict[str, Any], top_k: int) -> Metrics:
+    sums = Metrics.empty(top_k)
+    if record.get("epoch_sums"):
+        sums = sums.replace(**{k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in record["epoch_sums"].items()})
+    return sums
+
+
+def _record_with(record: dict[str, Any], step: int, sums: Metrics | None) -> dict[str, Any]:
+    fields = ("count", "loss", "correct", "top_k_correct", "nonfinite")
+    epoch_sums = None if sums is None else {k: float(getattr(sums, k)) for k in fields}
+    return {**record, "epoch_sums": epoch_sums, "step": step}
+
+
+def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: int, start: int,
+                 checkpoints: Checkpoints, out: Progress, clock: _Clock,
+                 on_step: Callable[[int], None] | None) -> tuple[TrainState, Metrics]:
+    """The steps of ``epoch`` from its step ``start`` on; returns the state and the epoch's sums."""
+    sums = _sums_of(record, run.compiled.top_k) if start else Metrics.empty(run.compiled.top_k)
+    checkpoint_due = Every(steps=run.config.checkpoint_every_steps)
+    step = epoch * run.steps_per_epoch + start
+    clock.started, clock.segment_from = time.perf_counter(), start
+    for batch in run.train_batches(epoch, start):
+        if clock.first_step_seconds is None:
+            t0 = time.perf_counter()
+            state, metrics = run.compiled.train_step(state, tuple(batch))
+            jax.block_until_ready(state.params)
+            clock.first_step_seconds = time.perf_counter() - t0
+            clock.started += clock.first_step_seconds  # the first step compiles: not counted as training
+        else:
+            state, metrics = run.compiled.train_step(state, tuple(batch))
+        step += 1
+        sums = sums.merge(metrics)
+        done = step - epoch * run.steps_per_epoch
+
+        def line(sums: Metrics = sums, done: int = done) -> str:
+            now, seconds = sums.compute(), time.perf_counter() - clock.started
+            rate = (run.real_examples(done) - run.real_examples(clock.segment_from)) / max(seconds, 1e-9)
+            return (f"epoch {epoch + 1}/{run.config.epochs} step {done}/{run.steps_per_epoch} "
+                    f"loss {now['loss']:.4f} accuracy {now['accuracy']:.4f} {rate:,.0f} images/s")
+
+        if out.step(step, time.monotonic(), line):
+            _stop_if_nonfinite(run, sums, checkpoints, step)  # the redraw synchronized already
+        if on_step is not None:
+            on_step(step)
+        if checkpoint_due.due(step, 0.0) and done < run.steps_per_epoch:  # the epoch's end saves anyway
+            _stop_if_nonfinite(run, sums, checkpoints, step)
+            clock.close_segment(record, run, done)
+            checkpoints.save(step, state, _record_with(record, step, sums))
+    clock.close_segment(record, run, run.steps_per_epoch)
+    _stop_if_nonfinite(run, sums, checkpoints, step)
+    return state, sums
+
+
+def _improved(monitor: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if monitor == "val_loss" else value > best
+
+
+def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any], sums: Metrics, epoch: int,
+               checkpoints: Checkpoints, best: Checkpoints, out: Progress) -> dict[str, Any]:
+    """Validation, the epoch's line, early stopping, the checkpoints and the files; returns the
+    updated record."""
+    step = (epoch + 1) * run.steps_per_epoch
+    train_metrics, val_metrics = sums.compute(), run.evaluate(state, run.val)
+    entry = {
+        "epoch": epoch + 1, "step": step,
+        "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
+        "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
+        "train_seconds": record["train_seconds"],
+        "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
+    }
+    record = {**record, "history": [*record["history"], entry],
+              "skipped_steps": record["skipped_steps"] + int(float(sums.nonfinite))}
+    out.epoch(f"epoch {epoch + 1}/{run.config.epochs} loss {entry['train_loss']:.4f} accuracy "
+              f"{entry['train_accuracy']:.4f} val_loss {entry['val_loss']:.4f} val_accuracy "
+              f"{entry['val_accuracy']:.4f} {entry['images_per_second']:,.0f} images/s")
+    improved = False
+    if len(run.val):
+        value = entry[run.config.monitor]
+        improved = _improved(run.config.monitor, value, record["best"])
+        if improved:
+            record.update(best=value, best_step=step, bad_epochs=0)
+        else:
+            record["bad_epochs"] += 1
+            patience = run.config.early_stopping_patience
+            if patience and record["bad_epochs"] >= patience:
+                record["stopped_early"] = True
+                out.say(f"early stopping: {run.config.monitor} has not improved for "
+                        f"{_plural(record['bad_epochs'], 'epoch')}")
+    # checkpoints/ first: a kill before best/ is written is repaired on resume (_start_or_resume).
+    checkpoints.save(step, state, _record_with(record, step, None))
+    if improved:
+        best.save(step, state, _record_with(record, step, None))
+    if run.lead:
+        write_atomic(run.workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
+        _plot(record["history"], run.workdir / "curves.png", f"{run.model.name} on {run.train.name}")
+    return record
+
+
+def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock, out: Progress) -> dict[str, Any]:
+    test_metrics = run.evaluate(state, run.test)
+    results = {
+        "test_accuracy": test_metrics["accuracy"],
+        "test_loss": test_metrics["loss"],
+        "epochs": len(record["history"]),
+        "steps": int(state.step),
+        "train_seconds": record["train_seconds"],
+        "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
+        "params_sha256": params_sha256(parallel.fetch(state.params)),
+        "best_" + run.config.monitor: record["best"],
+        "stopped_early": bool(record["stopped_early"]),
+        "skipped_steps": record["skipped_steps"],
+        "first_step_seconds": clock.first_step_seconds,
+        "seed": run.config.seed,
+        "model": run.model.name,
+        "params": run.model.count_params(),
+        "data": {"name": run.train.name, "train": len(run.train), "validation": len(run.val), "test": len(run.test)},
+        "device": str(jax.devices()[0].platform),
+        "devices": run.layout.size,
+        "processes": jax.process_count(),
+        "mesh": run.mesh.strategy,
+        "global_batch_size": run.global_batch,
+    }
+    if run.lead:
+        write_atomic(run.workdir / "results.json", json.dumps(results, indent=1) + "\n")
+    out.say(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}; "
+            f"{_plural(results['steps'], 'step')} in {results['train_seconds']:.1f} s; results in "
+            f"{run.workdir / 'results.json'}")
+    return results
+
+
+def train_and_evaluate(
+    config_path: str | os.PathLike[str],
+    workdir: str | os.PathLike[str],
+    *,
+    epochs: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    on_step: Callable[[int], None] | None = None,
+    mesh: str | None = None,
+    devices: int | None = None,
+) -> dict[str, Any]:
+    """Train the model of a config, with checkpoints, resumption, validation, early stopping, a test
+    evaluation, metrics, a plot and ``results.json`` in ``workdir``. Returns the results.
+
+    ``epochs`` and ``seed`` override the config's ``[train]`` values (as ``jaxcnn train --epochs``)
+    and are validated as they are. ``on_step(step)`` is called after every training step (for tests
+    and tools). ``mesh`` and ``devices`` override ``[mesh] strategy`` and ``devices`` (as
+    ``jaxcnn train --mesh --devices``).
+
+    Raises:
+      ConfigError: a bad config or override (file and key named); nothing is written then.
+      CheckpointError: the workdir's newest checkpoint is corrupt, from another model or from a run
+        with other settings (it is left untouched; the run does not start over).
+      NonFiniteError: a non-finite loss or gradient with ``on_nonfinite = "stop"``.
+    """
+    run = _set_up(config_path, workdir, epochs=epochs, seed=seed, mesh=mesh, devices=devices)
+    out = Progress(stream or sys.stderr, progress and run.lead)
+    checkpoints, best = _open_checkpoints(run)
+    try:
+        state, record = _start_or_resume(run, checkpoints, best, out)
+        if run.lead and run.source.endswith(".toml"):  # the config this workdir was trained with
+            write_atomic(run.workdir / "config.toml", pathlib.Path(run.source).read_text())
+        clock = _Clock()
+        step = int(state.step)
+        while step < run.total_steps and not record["stopped_early"]:
+            epoch, start = divmod(step, run.steps_per_epoch)
+            state, sums = _train_epoch(run, state, record, epoch, start, checkpoints, out, clock, on_step)
+            record = _end_epoch(run, state, record, sums, epoch, checkpoints, best, out)
+            step = int(state.step)
+        return _finish(run, state, record, clock, out)
+    finally:
+        checkpoints.close()
+        best.close()
 
 
 def _plot(history: list[dict[str, Any]], path: pathlib.Path, title: str) -> None:
@@ -156,230 +575,49 @@ def _plot(history: list[dict[str, Any]], path: pathlib.Path, title: str) -> None
     plt.close(fig)
 
 
-def _improved(monitor: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if monitor == "val_loss" else value > best
-
-
-def train_and_evaluate(
-    config_path: str | os.PathLike[str],
-    workdir: str | os.PathLike[str],
-    *,
-    epochs: int | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    stream: TextIO | None = None,
-    on_step: Callable[[int], None] | None = None,
-    mesh: str | None = None,
-    devices: int | None = None,
-) -> dict[str, Any]:
-    """Train the model of a config, with checkpoints, resumption, validation, early stopping, a test
-    evaluation, metrics, a plot and ``results.json`` in ``workdir``. Returns the results.
-
-    ``epochs`` and ``seed`` override the config's ``[train]`` values (as ``jaxcnn train --epochs``).
-    ``on_step(step)`` is called after every training step (for tests and tools). ``mesh`` and
-    ``devices`` override ``[mesh] strategy`` and ``devices`` (as ``jaxcnn train --mesh --devices``).
-
-    Raises:
-      ConfigError: a bad config (file and key named).
-      CheckpointError: the workdir's newest checkpoint is corrupt or from another model (it is left
-        untouched; the run does not start over).
-      NonFiniteError: a non-finite loss or gradient with ``on_nonfinite = "stop"``.
-    """
-    stream = stream or sys.stderr
-    lead = jax.process_index() == 0  # the process that writes files and prints
-    out = _Progress(stream, progress and lead)
-    source = os.fsdecode(config_path)
-    doc = read_document(config_path)
-    model = from_dict(doc, source=source)
-    model.check()  # the shapes are proved before any training step is traced
-    config = TrainConfig.from_table(doc.get("train", {}), source=source)
-    config = dataclasses.replace(config, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
-    mesh_config = parallel.MeshConfig.from_table(
-        {**doc.get("mesh", {}), **{k: v for k, v in (("strategy", mesh), ("devices", devices)) if v is not None}},
-        source=source)
-    try:
-        layout = parallel.Layout.create(mesh_config)
-    except JaxcnnError as error:
-        raise error.located(source=source) from None
-    global_batch = layout.padded_batch_size(config.batch_size, mesh_config.uneven_batch, source=source)
-    train, val, test, preprocessing = data_lib.prepare_from_config(
-        doc.get("data", {}), input_shape=model.input_shape, seed=config.seed, source=source)
-    if len(train) == 0:
-        raise ConfigError("the training split is empty", source=source, key="data")
-    if config.loss == "sparse_categorical_crossentropy" and model.output_shape != (train.num_classes,):
-        raise ConfigError(
-            f"the model's output {model.output_shape} does not fit the data's {train.num_classes} classes: "
-            f"the last layer should be Dense({train.num_classes}, activation=\"softmax\")",
-            source=source, key="layers")
-    steps_per_epoch = data_lib.num_batches(len(train), config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    try:
-        compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
-                           precision=config.precision, on_nonfinite=config.on_nonfinite,
-                           total_steps=total_steps, layout=layout)
-    except JaxcnnError as error:
-        raise error.located(source=source) from None
-
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    fingerprint = model_fingerprint(model)
-    checkpoints = Checkpoints(workdir / "checkpoints", fingerprint=fingerprint, keep=config.keep_checkpoints)
-    best_checkpoints = Checkpoints(workdir / "best", fingerprint=fingerprint, keep=1)
-
-    restored = checkpoints.restore(layout.with_shardings(compiled.abstract_state()))
-    if restored is None:
-        state = compiled.init(config.seed)
-        record: dict[str, Any] = {"history": [], "best": None, "bad_epochs": 0, "train_seconds": 0.0,
-                                  "examples": 0, "epoch_sums": None, "skipped_steps": 0,
-                                  "preprocessing": preprocessing.to_dict(), "num_classes": train.num_classes}
-        out.say(f"training {model.name!r} ({model.count_params():,} params) on {train.name}: "
-                f"{len(train)} train / {len(val)} validation / {len(test)} test examples, "
-                f"{config.epochs} epochs of {steps_per_epoch} steps, workdir {workdir}; "
-                f"{_describe_layout(layout, config.batch_size, global_batch)}")
-    else:
-        state, record = restored
-        out.say(f"resuming from the checkpoint of step {int(state.step)} in {checkpoints.directory}")
-    if lead and source.endswith(".toml"):  # the config this workdir was trained with, for the record
-        write_atomic(workdir / "config.toml", pathlib.Path(source).read_text())
-
-    def save_record(step: int, epoch_sums: Metrics | None) -> dict[str, Any]:
-        sums = None if epoch_sums is None else {k: float(getattr(epoch_sums, k))
-                                               for k in ("count", "loss", "correct", "top_k_correct", "nonfinite")}
-        return {**record, "epoch_sums": sums, "step": step}
-
-    def on_devices(batches: Any) -> Any:
-        """Host batches padded to the global batch (masked) and laid out over the mesh."""
-        padded = (parallel.pad_batch(batch, global_batch) for batch in batches)
-        return data_lib.prefetch_to_device(padded, put=layout.put_batch)
-
-    def batches_of(dataset: data_lib.Dataset) -> Any:
-        return on_devices(data_lib.batches(dataset, config.batch_size, shuffle=False))
-
-    step = int(state.step)
-    compile_seconds = None
-    stopped_early = False
-    while step < total_steps and not stopped_early:
-        epoch, start = divmod(step, steps_per_epoch)
-        sums = Metrics.empty(compiled.top_k)
-        if record.get("epoch_sums") and start:
-            sums = sums.replace(**{k: jax.numpy.asarray(v, jax.numpy.float32)
-                                   for k, v in record["epoch_sums"].items()})
-        epoch_start = time.perf_counter()
-        # Real (unpadded) examples are known on the host: the first d steps of an epoch hold
-        # min(d * batch_size, len(train)) of them. No read-back from the device per step.
-        real = lambda d: min(d * config.batch_size, len(train))  # noqa: E731
-        segment_from = start  # the step in the epoch where the current timing segment began
-        for batch in on_devices(data_lib.batches(
-                train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, start=start)):
-            t0 = time.perf_counter()
-            if compile_seconds is None:
-                state, metrics = compiled.train_step(state, tuple(batch))
-                jax.block_until_ready(state.params)
-                compile_seconds = time.perf_counter() - t0
-                epoch_start += compile_seconds  # the first step compiles: not counted as training
-            else:
-                state, metrics = compiled.train_step(state, tuple(batch))
-            step += 1
-            if float(metrics.nonfinite):
-                record["skipped_steps"] = record.get("skipped_steps", 0) + 1
-                if config.on_nonfinite == "stop":
-                    _raise_nonfinite(compiled, state, batch, step, checkpoints)
-            sums = sums.merge(metrics)
-            done = step - epoch * steps_per_epoch
-
-            def progress(sums: Metrics = sums, done: int = done) -> str:
-                now, seconds = sums.compute(), time.perf_counter() - epoch_start
-                return (f"epoch {epoch + 1}/{config.epochs} step {done}/{steps_per_epoch} "
-                        f"loss {now['loss']:.4f} accuracy {now['accuracy']:.4f} "
-                        f"{(real(done) - real(segment_from)) / max(seconds, 1e-9):,.0f} images/s")
-
-            out.update(progress)
-            if on_step is not None:
-                on_step(step)
-            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
-                    and step % steps_per_epoch:
-                record["train_seconds"] += time.perf_counter() - epoch_start
-                record["examples"] += real(done) - real(segment_from)
-                epoch_start, segment_from = time.perf_counter(), done
-                checkpoints.save(step, state, save_record(step, sums))
-        record["train_seconds"] += time.perf_counter() - epoch_start
-        record["examples"] += real(step - epoch * steps_per_epoch) - real(segment_from)
-        train_metrics = sums.compute()
-        val_metrics = compiled.evaluate(state, batches_of(val)) if len(val) else {"loss": math.nan, "accuracy": math.nan}
-        entry = {
-            "epoch": epoch + 1, "step": step,
-            "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
-            "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
-            "train_seconds": record["train_seconds"],
-            "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
-        }
-        record["history"] = [*record["history"], entry]
-        out.update(f"epoch {epoch + 1}/{config.epochs} loss {entry['train_loss']:.4f} accuracy "
-                   f"{entry['train_accuracy']:.4f} val_loss {entry['val_loss']:.4f} val_accuracy "
-                   f"{entry['val_accuracy']:.4f} {entry['images_per_second']:,.0f} images/s", final=True)
-        value = entry[config.monitor]
-        if len(val) and _improved(config.monitor, value, record["best"]):
-            record["best"], record["bad_epochs"] = value, 0
-            best_checkpoints.save(step, state, save_record(step, None))
-        else:
-            record["bad_epochs"] += 1
-            if config.early_stopping_patience and record["bad_epochs"] >= config.early_stopping_patience:
-                stopped_early = True
-                out.say(f"early stopping: {config.monitor} has not improved for {record['bad_epochs']} epochs")
-        record["stopped_early"] = stopped_early
-        checkpoints.save(step, state, save_record(step, None))
-        if lead:
-            write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
-            _plot(record["history"], workdir / "curves.png", f"{model.name} on {train.name}")
-
-    test_metrics = compiled.evaluate(state, batches_of(test)) if len(test) else {"loss": math.nan, "accuracy": math.nan}
-    history = record["history"]
-    results = {
-        "test_accuracy": test_metrics["accuracy"],
-        "test_loss": test_metrics["loss"],
-        "epochs": len(history),
-        "steps": step,
-        "train_seconds": record["train_seconds"],
-        "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
-        "params_sha256": params_sha256(parallel.fetch(state.params)),
-        "best_" + config.monitor: record["best"],
-        "stopped_early": bool(record.get("stopped_early", False)),
-        "skipped_steps": record.get("skipped_steps", 0),
-        "first_step_seconds": compile_seconds,
-        "seed": config.seed,
-        "model": model.name,
-        "params": model.count_params(),
-        "data": {"name": train.name, "train": len(train), "validation": len(val), "test": len(test)},
-        "device": str(jax.devices()[0].platform),
-        "devices": layout.size,
-        "processes": jax.process_count(),
-        "mesh": mesh_config.strategy,
-        "global_batch_size": global_batch,
-    }
-    if lead:
-        write_atomic(workdir / "results.json", json.dumps(results, indent=1) + "\n")
-    out.say(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}; "
-            f"{results['steps']} steps in {results['train_seconds']:.1f} s; results in {workdir / 'results.json'}")
-    checkpoints.close()
-    best_checkpoints.close()
-    return results
-
-
-def _describe_layout(layout: parallel.Layout, batch_size: int, global_batch: int) -> str:
+def _describe_layout(run: _Run) -> str:
+    layout = run.layout
     devices = layout.mesh.devices.flat
-    where = f"{layout.size} {next(iter(devices)).platform} device{'s' * (layout.size > 1)}"
+    where = _plural(layout.size, f"{next(iter(devices)).platform} device")
     if jax.process_count() > 1:
         where += f" over {jax.process_count()} processes"
-    padding = f", padded to {global_batch}" if global_batch != batch_size else ""
-    return f"{layout.strategy} parallel on {where}, global batch {batch_size}{padding}"
+    padding = f", padded to {run.global_batch}" if run.global_batch != run.config.batch_size else ""
+    return f"{layout.strategy} parallel on {where}, global batch {run.config.batch_size}{padding}"
 
 
-def _raise_nonfinite(compiled: CompiledModel, state: TrainState, batch: Any, step: int,
-                     checkpoints: Checkpoints) -> None:
-    """Stop: name the step and the first layer whose activations or gradients were not finite."""
-    rows = compiled.layer_statistics(state, tuple(batch))
+# ---- non-finite steps ----------------------------------------------------------------------
+
+
+def _stop_if_nonfinite(run: _Run, sums: Metrics, checkpoints: Checkpoints, step: int) -> None:
+    """With ``on_nonfinite = "stop"``, raise if a step of this epoch so far was not finite (read
+    where the loop synchronizes anyway)."""
+    if run.config.on_nonfinite == "stop" and float(sums.nonfinite):
+        raise _diagnose_nonfinite(run, checkpoints, step)
+
+
+def _diagnose_nonfinite(run: _Run, checkpoints: Checkpoints, upto: int) -> NonFiniteError:
+    """Replay the run from its newest checkpoint (every checkpoint precedes the failure: the loop
+    checks before saving) up to step ``upto``, one step at a time, and diagnose the first
+    non-finite step exactly as it ran: the same state, batch, dropout key and layout."""
+    restored = checkpoints.restore(run.layout.with_shardings(run.compiled.abstract_state()))
+    state = run.compiled.init(run.config.seed) if restored is None else restored[0]
+    step = int(state.step)
+    while step < upto:
+        epoch, start = divmod(step, run.steps_per_epoch)
+        for batch in run.train_batches(epoch, start):
+            state, metrics = run.compiled.train_step(state, tuple(batch))
+            step += 1
+            if float(metrics.nonfinite):  # not applied: the state is the one before it, step + 1
+                before = state.replace(step=state.step - 1)
+                return _nonfinite_error(run.compiled.layer_statistics(before, tuple(batch)), step, checkpoints)
+            if step >= upto:
+                break
+    raise NonFiniteError(  # pragma: no cover - a replay is deterministic
+        f"a step up to {upto} was not finite, but replaying from step {int(state.step)} did not reproduce it")
+
+
+def _nonfinite_error(rows: list[dict[str, Any]], step: int, checkpoints: Checkpoints) -> NonFiniteError:
+    """Name the step and the first layer whose activations or gradients were not finite."""
     bad = next((r for r in rows if not (r["activations_finite"] and r["grads_finite"])), None)
     where = ("no single layer is to blame (the loss itself overflowed)" if bad is None else
              f"first non-finite layer {bad['index']} '{bad['name']}' ({bad['type']}): max |activation| "
@@ -388,6 +626,6 @@ def _raise_nonfinite(compiled: CompiledModel, state: TrainState, batch: Any, ste
     latest = checkpoints.latest_step()
     kept = (f"the last good checkpoint (step {latest}) is kept in {checkpoints.directory}"
             if latest is not None else "no checkpoint had been written yet")
-    raise NonFiniteError(
+    return NonFiniteError(
         f"step {step}: the loss or its gradients are not finite, so the step was not applied; {where}; "
         f"{kept}. Lower the learning rate, add clip_norm, or set on_nonfinite = \"skip\"")

@@ -27,7 +27,7 @@ import optax
 
 from jaxcnn.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "from_config", "schedule_from_config"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "from_config", "learning_rate_schedule", "schedule_from_config"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "nadamw", "adamax", "rmsprop", "adagrad", "adadelta",
               "lamb", "lars", "lion", "adafactor", "novograd", "radam", "yogi")
@@ -155,3 +155,15 @@ def from_config(config: str | Mapping[str, Any], *, total_steps: int | None = No
     except (TypeError, ValueError) as error:
         raise ConfigError(f"optax.{name} refused its arguments {kwargs}: {error}", key="optimizer") from None
     return chain[0] if len(chain) == 1 else optax.chain(*chain)
+
+
+def learning_rate_schedule(config: str | Mapping[str, Any], *, total_steps: int | None = None) -> Any:
+    """The learning rate :func:`from_config` gives the optimizer: a number, or the schedule (a
+    function of the step) for a run of ``total_steps`` steps."""
+    optimizer = from_config(config, total_steps=total_steps)  # validates the whole table
+    del optimizer
+    table = {"name": config} if isinstance(config, str) else dict(config)
+    learning_rate = table.get("learning_rate", 0.01 if table["name"] == "sgd" else 0.001)
+    if "schedule" not in table:
+        return learning_rate
+    return schedule_from_config(table["schedule"], learning_rate, total_steps=total_steps)

@@ -327,7 +327,30 @@ class CompiledModel:
     def layer_statistics(self, state: TrainState, batch: Sequence[jax.Array]) -> list[dict[str, Any]]:
         """Per layer, on one batch in training mode: the largest absolute activation, whether the
         activations, the parameters and their gradients are finite, and the gradient norm. For the
-        diagnosis of a non-finite step; runs eagerly, once."""
+        diagnosis of a non-finite step: computed as the training step computes that step (``state``
+        is the state before it: the same dropout key ``fold_in(rng, step)`` and mask), jitted as it
+        is (on its mesh, with its shardings and lowerings). Compiled on first use."""
+        if "_layer_arrays_jitted" not in self.__dict__:
+            if self.layout is None:
+                jitted = jax.jit(self._layer_arrays)
+            else:
+                layout = self.layout
+                arrays = _partitioned(self._layer_arrays) if layout.size > 1 else self._layer_arrays
+                jitted = jax.jit(arrays, in_shardings=(layout.state_shardings(self.abstract_state()),
+                                                       layout.batch_sharding()), out_shardings=layout.replicated)
+            object.__setattr__(self, "_layer_arrays_jitted", jitted)
+        arrays = jax.device_get(self.__dict__["_layer_arrays_jitted"](state, tuple(batch)))
+        return [{
+            "index": index, "name": spec.name, "type": spec.type,
+            "max_abs_activation": float(arrays["max_abs_activation"][index]),
+            "activations_finite": bool(arrays["activations_finite"][index]),
+            "params_finite": bool(arrays["params_finite"][index]),
+            "grads_finite": bool(arrays["grads_finite"][index]),
+            "grad_norm": float(arrays["grad_norm"][index]),
+        } for index, spec in enumerate(self.module.specs)]
+
+    def _layer_arrays(self, state: TrainState, batch: Sequence[jax.Array]) -> dict[str, jax.Array]:
+        """:meth:`layer_statistics` as arrays of shape ``(layers,)``."""
         images, labels, mask = self._unpack(batch)
         rng = jax.random.fold_in(state.rng, state.step)
         dtype = PRECISIONS[self.precision]
@@ -340,20 +363,20 @@ class CompiledModel:
             return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0), outputs
 
         (_, outputs), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        rows = []
+
+        def finite(tree: Any) -> jax.Array:
+            return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [True]))
+
+        columns: dict[str, list[jax.Array]] = {k: [] for k in (
+            "max_abs_activation", "activations_finite", "params_finite", "grads_finite", "grad_norm")}
         for spec, out in zip(self.module.specs, outputs):
-            params = state.params.get(spec.name, {})
             g = grads.get(spec.name, {})
-            leaves = jax.tree.leaves(g)
-            rows.append({
-                "index": len(rows), "name": spec.name, "type": spec.type,
-                "max_abs_activation": float(jnp.max(jnp.abs(out.astype(jnp.float32)))),
-                "activations_finite": bool(jnp.all(jnp.isfinite(out))),
-                "params_finite": all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params)),
-                "grads_finite": all(bool(jnp.all(jnp.isfinite(x))) for x in leaves),
-                "grad_norm": float(optax.tree.norm(g)) if leaves else 0.0,
-            })
-        return rows
+            columns["max_abs_activation"].append(jnp.max(jnp.abs(out.astype(jnp.float32))))
+            columns["activations_finite"].append(jnp.all(jnp.isfinite(out)))
+            columns["params_finite"].append(finite(state.params.get(spec.name, {})))
+            columns["grads_finite"].append(finite(g))
+            columns["grad_norm"].append(optax.tree.norm(g) if jax.tree.leaves(g) else jnp.zeros(()))
+        return {k: jnp.stack(v) for k, v in columns.items()}
 
     def predict_batched(self, state: TrainState, images: Any, *, batch_size: int = 256,
                         output: str = "probabilities") -> np.ndarray:

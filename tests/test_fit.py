@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,18 +160,25 @@ def _tree(path: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def test_a_corrupt_checkpoint_is_refused_and_left_alone(tmp_path):
+def test_a_corrupt_checkpoint_is_refused_in_one_line_and_left_alone_and_the_hint_works(tmp_path):
     config = write_config(tmp_path)
     workdir = tmp_path / "work"
-    train_and_evaluate(config, workdir, progress=False)
+    reference = train_and_evaluate(config, workdir, progress=False)
     newest = workdir / "checkpoints" / "10"
     for file in (newest / "state").rglob("*"):
         if file.is_file() and file.stat().st_size > 100:
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 3])  # truncated
     before = _tree(workdir / "checkpoints")
-    with pytest.raises(CheckpointError, match=r"checkpoints/10: cannot (read|restore).*corrupt or truncated"):
+    with pytest.raises(CheckpointError) as info:
         train_and_evaluate(config, workdir, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message  # not orbax's TensorStore spec
+    assert message.startswith(f"{newest}: its training state cannot be restored (")
+    assert message.endswith("it is corrupt or truncated; remove that folder to resume from the checkpoint "
+                            "before it (step 8), or use another workdir")
     assert _tree(workdir / "checkpoints") == before
+    shutil.rmtree(newest)  # as the message says: the run resumes from step 8 and ends where it did
+    assert train_and_evaluate(config, workdir, progress=False)["params_sha256"] == reference["params_sha256"]
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
