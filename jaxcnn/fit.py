@@ -285,8 +285,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
                            total_steps=config.epochs * steps_per_epoch, layout=layout)
     except JaxcnnError as error:
         raise error.located(source=source) from None
-    settings = {"seed": config.seed, "train": config.settings(),
-                "data": {**data_lib.DATA_DEFAULTS, **data_table}}
+    settings = {"train": config.settings(), "data": {**data_lib.DATA_DEFAULTS, **data_table}}
     return _Run(source=source, workdir=workdir, model=model, config=config, mesh=mesh_config,
                 layout=layout, global_batch=global_batch, train=train, val=val, test=test,
                 preprocessing=preprocessing, compiled=compiled, steps_per_epoch=steps_per_epoch,
@@ -335,9 +334,9 @@ def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
         out.say(f"train.epochs grew from {was} to {run.config.epochs}: the run goes on to step "
                 f"{run.total_steps:,}; {_schedule_change(run, was * run.steps_per_epoch, step)}")
         record = {**record, "epochs": run.config.epochs, "stopped_early": False}
-    best_step = record.get("best_step")
-    if best_step == step and best.latest_step() != step:  # killed between the two saves
+    if record.get("best_step") == step and best.latest_step() != step:  # killed between the two saves
         best.save(step, state, {**record, "epoch_sums": None})
+    _write_files(run, record)  # a kill may have come between the checkpoint and the files
     return state, record
 
 
@@ -469,10 +468,15 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any], sums: Metri
     checkpoints.save(step, state, _record_with(record, step, None))
     if improved:
         best.save(step, state, _record_with(record, step, None))
-    if run.lead:
+    _write_files(run, record)
+    return record
+
+
+def _write_files(run: _Run, record: dict[str, Any]) -> None:
+    """``metrics.jsonl`` and ``curves.png`` from the record's history (process 0 only)."""
+    if run.lead and record["history"]:
         write_atomic(run.workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
         _plot(record["history"], run.workdir / "curves.png", f"{run.model.name} on {run.train.name}")
-    return record
 
 
 def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock, out: Progress) -> dict[str, Any]:

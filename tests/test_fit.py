@@ -3,6 +3,7 @@ the non-finite guard, early stopping, and `jaxcnn train`."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from jaxcnn.cli import main
@@ -201,7 +204,9 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_layer(tmp_path):
 def test_non_finite_steps_can_be_skipped(tmp_path):
     config = write_config(tmp_path, lr=1e30, epochs=1, on_nonfinite="skip")
     results = train_and_evaluate(config, tmp_path / "work", progress=False)
-    assert results["skipped_steps"] >= 1
+    # Step 1 is finite and applied (its learning rate of 1e30 blows the parameters up); every later
+    # step is then non-finite and skipped, leaving those parameters: 4 of the epoch's 5 steps.
+    assert results["skipped_steps"] == 4 and results["steps"] == 5
 
 
 def test_early_stopping(tmp_path):
@@ -236,17 +241,178 @@ def test_jaxcnn_train_command(tmp_path, capsys):
     assert info.value.code == 2
 
 
-def test_a_checkpoint_of_the_same_step_is_replaced(tmp_path):
-    """A run resumed after dying between its best/ and checkpoints/ saves reaches that step again."""
-    from jaxcnn.checkpoint import Checkpoints
-    from jaxcnn.layers import Dense
-    from jaxcnn.train import compile, params_sha256
-    import jaxcnn
+def test_the_non_finite_diagnosis_replays_the_failing_step_exactly(tmp_path, monkeypatch):
+    """The diagnosis sees the state from before the failing step (its step counter, hence its
+    dropout key fold_in(rng, step)) and that step's batch."""
+    from jaxcnn import data as data_lib
+    from jaxcnn.train import CompiledModel
 
-    compiled = compile(jaxcnn.Sequential([Dense(3, input_shape=(4,))]), "sgd")
-    checkpoints = Checkpoints(tmp_path / "c", fingerprint="f")
-    checkpoints.save(5, compiled.init(0), {"n": 1})
-    other = compiled.init(1)
-    checkpoints.save(5, other, {"n": 2})
-    state, record = checkpoints.restore(compiled.abstract_state())
-    assert record["n"] == 2 and params_sha256(state.params) == params_sha256(other.params)
+    seen = []
+    original = CompiledModel.layer_statistics
+
+    def spy(self, state, batch):
+        seen.append((int(state.step), np.asarray(batch[0]).copy()))
+        return original(self, state, batch)
+
+    monkeypatch.setattr(CompiledModel, "layer_statistics", spy)
+    config = write_config(tmp_path, lr=1e30, epochs=2)
+    with pytest.raises(NonFiniteError, match=r"^step 2: "):  # step 1 is finite, and blows up the parameters
+        train_and_evaluate(config, tmp_path / "work", progress=False)
+    ((step, images),) = seen
+    assert step == 1  # the state before step 2, whose dropout key is fold_in(rng, 1)
+    dataset = data_lib.dataset_from_config({"name": "digits", "validation": 0.1, "test": 0.2, "limit": 150},
+                                           input_shape=(8, 8, 1), seed=3)[0]
+    second = list(data_lib.batches(dataset, 32, shuffle=True, seed=3, epoch=0))[1]
+    np.testing.assert_array_equal(images, second.images)
+
+
+def test_the_loop_reads_nothing_back_per_step(tmp_path, monkeypatch):
+    """Host reads (float() of a device array) do not grow with the number of steps: the
+    non-finite count is read where the loop synchronizes anyway."""
+    reads = []
+    array_type = type(jax.numpy.zeros(()))
+    original = array_type.__float__
+    monkeypatch.setattr(array_type, "__float__", lambda self: reads.append(1) or original(self))
+
+    def count(limit: int) -> int:
+        config = write_config(tmp_path, f"r{limit}.toml", limit=limit, epochs=1)
+        config.write_text(config.read_text().replace("checkpoint_every_steps = 2", "checkpoint_every_steps = 0"))
+        reads.clear()
+        assert train_and_evaluate(config, tmp_path / f"w{limit}", progress=False)["steps"] == -(-limit // 32)
+        return len(reads)
+
+    assert count(64) == count(320)  # 2 steps and 10 steps an epoch
+
+
+def test_every_and_progress_decide_from_the_step_and_time_they_are_given():
+    from jaxcnn.fit import Every, Progress
+
+    every = Every(steps=3)
+    assert [s for s in range(1, 10) if every.due(s, 0.0)] == [3, 6, 9]
+    timed = Every(seconds=1.0)
+    assert [t for t in (0.5, 1.0, 1.5, 2.1, 2.2) if timed.due(0, t)] == [1.0, 2.1]
+
+    stream, calls = io.StringIO(), []
+
+    def text() -> str:
+        calls.append(1)
+        return f"line {len(calls)}"
+
+    progress = Progress(stream, True, tty=True, redraw_seconds=0.2)
+    drawn = [progress.step(s, t, text) for s, t in ((1, 0.0), (2, 0.1), (3, 0.25), (4, 0.3))]
+    assert drawn == [True, False, True, False] and len(calls) == 2  # text() only when drawn
+    progress.epoch("epoch 1/1 done")
+    assert stream.getvalue() == "\r\033[Kline 1\r\033[Kline 2\r\033[Kepoch 1/1 done\n"
+
+    log = io.StringIO()
+    quiet_log = Progress(log, True, tty=False)
+    assert not quiet_log.step(1, 5.0, text) and len(calls) == 2  # a log gets only the epoch lines
+    quiet_log.epoch("epoch 1/1 done")
+    assert log.getvalue() == "epoch 1/1 done\n"
+    silent = io.StringIO()
+    Progress(silent, False, tty=True).epoch("x")
+    assert silent.getvalue() == ""
+
+
+def test_a_resume_with_other_settings_is_refused_naming_the_keys(tmp_path):
+    config = write_config(tmp_path, epochs=1)
+    workdir = tmp_path / "work"
+    train_and_evaluate(config, workdir, progress=False)
+    before = _tree(workdir)
+    text = config.read_text()
+    cases = [
+        ({"seed": 4}, text, r"train\.seed \(=3 in the checkpoint, 4 now\)"),
+        ({}, text.replace("batch_size = 32", "batch_size = 16"),
+         r"train\.batch_size \(=32 in the checkpoint, 16 now\)"),
+        ({}, text.replace("learning_rate = 0.05", "learning_rate = 0.1"),
+         r"train\.optimizer\.learning_rate \(=0\.05 in the checkpoint, 0\.1 now\)"),
+        ({}, text.replace('name = "sgd"', 'name = "adam"').replace("momentum = 0.9", ""),
+         r"train\.optimizer\.momentum \(=0\.9 in the checkpoint, unset now\); "
+         r"train\.optimizer\.name \(='sgd' in the checkpoint, 'adam' now\)"),
+        ({}, text.replace("validation = 0.1", "validation = 0.2"),
+         r"data\.validation \(=0\.1 in the checkpoint, 0\.2 now\)"),
+    ]
+    for overrides, changed, pattern in cases:
+        config.write_text(changed)
+        with pytest.raises(CheckpointError, match=r"checkpoints/5: was written by a run with other settings: "
+                           + pattern + r"\. Resume with the settings it was written with, or use another workdir"):
+            train_and_evaluate(config, workdir, progress=False, **overrides)
+        assert _tree(workdir) == before
+    # Keys that do not change what the run computes may change; an explicit default is no change.
+    config.write_text(text.replace("keep_checkpoints = 2", "keep_checkpoints = 3").replace(
+        "[train]\n", "[train]\nprecision = \"float32\"\n"))
+    assert train_and_evaluate(config, workdir, progress=False)["steps"] == 5
+
+
+def test_epochs_may_grow_on_a_resume_and_say_what_the_schedule_does(tmp_path):
+    import optax
+
+    config = write_config(tmp_path, epochs=2)
+    whole = train_and_evaluate(write_config(tmp_path, "whole.toml", epochs=3), tmp_path / "whole", progress=False)
+    workdir = tmp_path / "work"
+    train_and_evaluate(config, workdir, progress=False)
+    out = io.StringIO()
+    grown = train_and_evaluate(config, workdir, epochs=3, stream=out)
+    assert "train.epochs grew from 2 to 3: the run goes on to step 15; the learning rate is constant" in out.getvalue()
+    # Data order and dropout keys depend on the epoch and step only: with a constant learning rate
+    # the grown run is the 3-epoch run.
+    assert grown["params_sha256"] == whole["params_sha256"] and grown["epochs"] == 3
+    with pytest.raises(ConfigError, match=r"key `train.epochs`: \(=2\) is fewer than the 3 epochs of the run"):
+        train_and_evaluate(config, workdir, progress=False)
+
+    # A schedule derived from the run's length is derived again; the run states the change.
+    scheduled = write_config(tmp_path, "cosine.toml", epochs=2)
+    scheduled.write_text(scheduled.read_text() + '\n[train.optimizer.schedule]\nname = "cosine"\n')
+    train_and_evaluate(scheduled, tmp_path / "cosine", progress=False)
+    out = io.StringIO()
+    train_and_evaluate(scheduled, tmp_path / "cosine", epochs=3, stream=out)
+    before, after = optax.cosine_decay_schedule(0.05, 10)(10), optax.cosine_decay_schedule(0.05, 15)(10)
+    assert (f"the learning-rate schedule is derived again for 15 steps instead of 10: at step 10 the learning "
+            f"rate goes from {float(before):.4g} to {float(after):.4g}") in out.getvalue()
+
+
+def test_bad_overrides_and_settings_are_refused_before_anything_is_written(tmp_path):
+    config = write_config(tmp_path)
+    workdir = tmp_path / "work"
+    with pytest.raises(ConfigError, match=r"key `train.seed`: \(=-1\) must be a non-negative integer"):
+        train_and_evaluate(config, workdir, seed=-1, progress=False)
+    with pytest.raises(ConfigError, match=r"key `train.seed`: \(=1099511627776\) must be at most 4294967295"):
+        train_and_evaluate(config, workdir, seed=2**40, progress=False)
+    with pytest.raises(ConfigError, match=r"key `train.epochs`: \(=0\) must be at least 1"):
+        train_and_evaluate(config, workdir, epochs=0, progress=False)
+    config.write_text(config.read_text().replace("validation = 0.1", "validation = 0").replace(
+        "early_stopping_patience = 0", "early_stopping_patience = 2"))
+    with pytest.raises(ConfigError, match=r"key `train.early_stopping_patience`: \(=2\) needs a validation split "
+                       r"to monitor val_loss, and this run has none"):
+        train_and_evaluate(config, workdir, progress=False)
+    assert not workdir.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    with pytest.raises(ConfigError, match=r"a_file: is a file: the workdir must be a folder"):
+        train_and_evaluate(write_config(tmp_path, "ok.toml"), a_file, progress=False)
+    assert a_file.read_text() == "mine"
+
+
+def test_a_kill_between_the_checkpoint_and_best_saves_is_repaired_on_resume(tmp_path, monkeypatch):
+    from jaxcnn.checkpoint import Checkpoints
+
+    original = Checkpoints.save
+
+    def dies_before_best(self, step, state, record):
+        if self.directory.name == "best":
+            raise Crash  # after checkpoints/5 was written, before best/5 and the files
+        return original(self, step, state, record)
+
+    config = write_config(tmp_path, epochs=1)
+    workdir = tmp_path / "work"
+    monkeypatch.setattr(Checkpoints, "save", dies_before_best)
+    with pytest.raises(Crash):
+        train_and_evaluate(config, workdir, progress=False)
+    assert not (workdir / "metrics.jsonl").exists()
+    monkeypatch.setattr(Checkpoints, "save", original)
+    results = train_and_evaluate(config, workdir, progress=False)
+    assert results["steps"] == 5
+    assert sorted(p.name for p in (workdir / "best").iterdir()) == ["5"]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+    assert (workdir / "curves.png").exists()
