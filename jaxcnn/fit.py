@@ -25,7 +25,7 @@ What a run writes in its workdir:
   resumes from the newest, exactly (same batches, same dropout keys), and says so;
 * ``best/<step>/``: the checkpoint with the best validation ``monitor`` so far;
 * ``metrics.jsonl``: one JSON line an epoch (train and validation loss and accuracy, time, images/s);
-* ``curves.png``: loss and accuracy curves;
+* ``curves.png``: loss and accuracy curves, redrawn at most every ``CURVES_SECONDS`` and at the end;
 * ``results.json``: ``test_accuracy``, ``test_loss``, ``epochs``, ``steps``, ``train_seconds``,
   ``images_per_second``, ``params_sha256`` (and more). ``train_seconds`` is the time spent in
   training epochs (steps, data, checkpoints), without validation and without the first step's
@@ -76,6 +76,8 @@ from jaxcnn.train import CompiledModel, Metrics, TrainState, compile, params_sha
 __all__ = ["Every", "Progress", "TrainConfig", "train_and_evaluate"]
 
 SEED_MAX = 2**32 - 1
+# curves.png is drawn at most this often during a run (about 0.2 s a drawing), and at its end.
+CURVES_SECONDS = 15.0
 # [train] keys a resume may change: they do not change what the run computes (epochs may grow).
 _RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "keep_checkpoints")
 
@@ -434,9 +436,9 @@ def _improved(monitor: str, value: float, best: float | None) -> bool:
 
 
 def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any], sums: Metrics, epoch: int,
-               checkpoints: Checkpoints, best: Checkpoints, out: Progress) -> dict[str, Any]:
-    """Validation, the epoch's line, early stopping, the checkpoints and the files; returns the
-    updated record."""
+               checkpoints: Checkpoints, best: Checkpoints, out: Progress, plot: Every) -> dict[str, Any]:
+    """Validation, the epoch's line, early stopping, the checkpoints and the files (``curves.png``
+    when ``plot`` is due); returns the updated record."""
     step = (epoch + 1) * run.steps_per_epoch
     train_metrics, val_metrics = sums.compute(), run.evaluate(state, run.val)
     entry = {
@@ -468,18 +470,20 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any], sums: Metri
     checkpoints.save(step, state, _record_with(record, step, None))
     if improved:
         best.save(step, state, _record_with(record, step, None))
-    _write_files(run, record)
+    _write_files(run, record, plot=plot.due(step, time.monotonic()))
     return record
 
 
-def _write_files(run: _Run, record: dict[str, Any]) -> None:
-    """``metrics.jsonl`` and ``curves.png`` from the record's history (process 0 only)."""
+def _write_files(run: _Run, record: dict[str, Any], *, plot: bool = True) -> None:
+    """``metrics.jsonl``, and ``curves.png`` if ``plot``, from the record's history (process 0 only)."""
     if run.lead and record["history"]:
         write_atomic(run.workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in record["history"]))
-        _plot(record["history"], run.workdir / "curves.png", f"{run.model.name} on {run.train.name}")
+        if plot:
+            _plot(record["history"], run.workdir / "curves.png", f"{run.model.name} on {run.train.name}")
 
 
 def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock, out: Progress) -> dict[str, Any]:
+    _write_files(run, record)  # the curves of the whole run
     test_metrics = run.evaluate(state, run.test)
     results = {
         "test_accuracy": test_metrics["accuracy"],
@@ -545,11 +549,12 @@ def train_and_evaluate(
         if run.lead and run.source.endswith(".toml"):  # the config this workdir was trained with
             write_atomic(run.workdir / "config.toml", pathlib.Path(run.source).read_text())
         clock = _Clock()
+        plot = Every(seconds=CURVES_SECONDS, now=time.monotonic())
         step = int(state.step)
         while step < run.total_steps and not record["stopped_early"]:
             epoch, start = divmod(step, run.steps_per_epoch)
             state, sums = _train_epoch(run, state, record, epoch, start, checkpoints, out, clock, on_step)
-            record = _end_epoch(run, state, record, sums, epoch, checkpoints, best, out)
+            record = _end_epoch(run, state, record, sums, epoch, checkpoints, best, out, plot)
             step = int(state.step)
         return _finish(run, state, record, clock, out)
     finally:
