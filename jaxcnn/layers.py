@@ -94,6 +94,7 @@ ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
 }
 _ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu", "none": "linear"}
 
+
 def _variance_scaling(scale: float, mode: str, distribution: str) -> Callable[..., Any]:
     """``jax.nn.initializers.variance_scaling`` with Keras's fans for a 1-D weight (a bias):
     ``fan_in = fan_out = shape[0]`` (Keras's ``compute_fans``), where JAX refuses a 1-D shape."""

@@ -38,6 +38,12 @@ is at most 8 (the batch is concrete when a step is traced; a symbolic batch coun
 training: without the flag unless its output map has 64 positions or more and it has 128 input
 channels or more, with the flag only for at least 9 taps over at most 4 input channels. On GPU and
 TPU every convolution uses ``lax.conv`` (cuDNN, the TPU's convolution units).
+
+What the rule needs besides a layer's shapes, the batch size and the train flag (the backend, a
+mesh, the XLA flags, a batch size to assume for a symbolic batch) is a :class:`LoweringContext`,
+fixed when a module is built and carried by it as static data; nothing here asks JAX for its
+backend or reads ``XLA_FLAGS`` while a step is traced, and a shape query (``count_params``, ``plan``,
+``check``, the summary) starts no backend.
 """
 
 from __future__ import annotations

@@ -410,7 +410,8 @@ def compile(  # noqa: A001  (the Keras name)
     if not isinstance(optimizer, optax.GradientTransformation):
         optimizer = from_config(optimizer, total_steps=total_steps)
     specs, head = _split_head(model)
-    module = SequentialModule(specs=specs, lowering=LoweringContext.of_process())  # a mesh: __post_init__
+    # the lowerings for this process's backend and XLA flags (on a mesh, CompiledModel marks them partitioned)
+    module = SequentialModule(specs=specs, lowering=LoweringContext.of_process())
     return CompiledModel(model=model, module=module, optimizer=optimizer,
                          loss=_loss_name(loss), head=head, top_k=_metric_k(metrics), precision=precision,
                          on_nonfinite=on_nonfinite, layout=layout)

@@ -13,7 +13,7 @@ import pytest
 import jaxcnn
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
-from jaxcnn.layers import Conv2D, MaxPooling2D, AveragePooling2D
+from jaxcnn.layers import Conv2D, MaxPooling2D
 from jaxcnn.lowerings import LoweringContext
 
 CPU, GPU, TPU = LoweringContext("cpu"), LoweringContext("gpu"), LoweringContext("tpu")

@@ -32,7 +32,7 @@ from conftest import CONFIGS, ROOT
 
 # 5e-5 (absolute, on parameters of order 0.01 to 0.1, after 3 steps): eight devices sum a gradient in
 # another order than one device does (a float32 all-reduce), and on a mesh every convolution is
-# lax.conv where one CPU device may use the patches lowering (jaxcnn.lowerings.partitioned). Measured:
+# lax.conv where one CPU device may use the patches lowering (LoweringContext.partitioned). Measured:
 # 1.1e-5 with Adam (lr 1e-3) on the seed CIFAR CNN, 3.7e-8 with SGD on the tiny model.
 TOLERANCE = 5e-5
 
