@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import export
 
 from jaxcnn.flax_module import build_module, traced_layer
-from jaxcnn.errors import ShapeMismatchError
+from jaxcnn.errors import JaxcnnError, ShapeMismatchError
 from jaxcnn.lowerings import LoweringContext
 from jaxcnn.model import LayerPlan, Sequential
 
@@ -132,7 +132,9 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
     Raises:
       ImpossibleShapeError: a layer cannot take its input (from the formulas, before tracing).
       ShapeMismatchError: ``eval_shape`` and a formula disagree; the message names the layer
-        (index, name, type), the formula and both values.
+        (index, name, type), the formula and both values. Also where a layer's Flax code cannot be
+        traced on the input its formulas give (a TypeError or ValueError, chained); outside ``check``
+        such an error propagates as it is, with a note naming the layer.
 
     A proof depends only on the model's name, input shape and layer specs (frozen values) and on
     ``batch_size``, so proofs are memoized on them: a summary after a check does not trace again.
@@ -154,6 +156,8 @@ def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
     batch = _batch_dim(batch_size)
     try:
         variables, eval_outputs, train_outputs, updates = abstract_variables(model, batch=batch)
+    except JaxcnnError:
+        raise
     except (TypeError, ValueError) as error:  # the layer's Flax code cannot take what the formulas say
         layer = traced_layer(error)
         if layer is None:
