@@ -114,6 +114,10 @@ def test_the_fast_cpu_context_changes_the_training_rule_without_xla_flags(monkey
     assert layer.lowering_for(shape, FAST_CPU, batch=128, train=False) == "conv"
     assert layer.describe_lowering(shape, CPU) == "lax.conv; patches if batch<=8 or training"
     assert layer.describe_lowering(shape, FAST_CPU) == "lax.conv; patches if batch<=8"
+    # this process's context reads the flags when a module is built
+    assert not LoweringContext.of_process().fast_cpu
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert LoweringContext.of_process() == LoweringContext(jax.default_backend(), fast_cpu=True)
 
 
 def test_the_lowering_is_described_in_a_few_plain_words():
