@@ -10,7 +10,7 @@ axis times a matrix (jaxcnn's "patches" lowering), a batch normalization whose s
 weighted by a mask with some zeros (padding), and a 2x2 max pooling written as reshape and max;
 the batch is split over the devices. Each piece is needed: lax.conv instead of the patches, a sum
 of shifted slices instead of the concatenation, an all-ones mask, or the mean without the variance,
-and the gradients agree. jaxcnn.lowerings.partitioned() therefore makes every automatic convolution
+and the gradients agree. jaxcnn therefore makes every automatic convolution (LoweringContext.partitioned)
 lax.conv when a step is traced for a mesh of more than one device.
 """
 

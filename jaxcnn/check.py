@@ -3,7 +3,8 @@
 Nothing is computed and nothing is allocated: parameters and activations are
 ``jax.ShapeDtypeStruct`` values. The batch axis is a symbolic dimension (``jax.export``), so the
 proof holds for every batch size, which is what the ``None`` of a printed shape claims. Both the
-inference path and the training path (dropout on, batch statistics updated) are traced.
+inference path and the training path (dropout on, batch statistics updated) are traced. No backend
+is started either: ``jax.eval_shape`` needs none, and the lowerings are those of :data:`PROOF_LOWERING`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from jaxcnn.flax_module import build_module
-from jaxcnn.errors import ShapeMismatchError
+from jaxcnn.flax_module import build_module, traced_layer
+from jaxcnn.errors import JaxcnnError, ShapeMismatchError
+from jaxcnn.lowerings import LoweringContext
 from jaxcnn.model import LayerPlan, Sequential
 
-__all__ = ["CheckResult", "LayerProof", "abstract_variables", "check", "check_file"]
+__all__ = ["PROOF_LOWERING", "CheckResult", "LayerProof", "abstract_variables", "check", "check_file"]
+
+PROOF_LOWERING = LoweringContext("cpu")
+"""The lowerings the proof traces: CPU's rule, the one with alternatives (patches where it picks
+them), chosen without asking JAX for its backend, which would start it. Every lowering gives the same
+shapes and values (tests/test_lowerings.py); elsewhere the reference ones run."""
 
 PARAM_DTYPE = jnp.float32
 TRAINABLE = "params"
@@ -80,7 +87,7 @@ def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ..
     trees, from ``jax.eval_shape`` of the model's Flax ``init`` and ``apply``.
 
     ``batch`` is an int or a symbolic dimension; ``None`` makes a symbolic one."""
-    module = build_module(model)
+    module = build_module(model, PROOF_LOWERING)
     if batch is None:
         batch = _batch_dim(None)
     images = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
@@ -96,6 +103,11 @@ def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ..
         return variables, eval_outputs, train_outputs, updates
 
     return jax.eval_shape(trace, images)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _tree_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -120,7 +132,9 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
     Raises:
       ImpossibleShapeError: a layer cannot take its input (from the formulas, before tracing).
       ShapeMismatchError: ``eval_shape`` and a formula disagree; the message names the layer
-        (index, name, type), the formula and both values.
+        (index, name, type), the formula and both values. Also where a layer's Flax code cannot be
+        traced on the input its formulas give (a TypeError or ValueError, chained); outside ``check``
+        such an error propagates as it is, with a note naming the layer.
 
     A proof depends only on the model's name, input shape and layer specs (frozen values) and on
     ``batch_size``, so proofs are memoized on them: a summary after a check does not trace again.
@@ -140,7 +154,19 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
 def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
     plan = model.plan()  # impossible layers are refused here, before any tracing
     batch = _batch_dim(batch_size)
-    variables, eval_outputs, train_outputs, updates = abstract_variables(model, batch=batch)
+    try:
+        variables, eval_outputs, train_outputs, updates = abstract_variables(model, batch=batch)
+    except JaxcnnError:
+        raise
+    except (TypeError, ValueError) as error:  # the layer's Flax code cannot take what the formulas say
+        layer = traced_layer(error)
+        if layer is None:
+            raise
+        index, name, kind = layer
+        raise ShapeMismatchError(
+            f"tracing the layer's Flax code on input {_show((batch, *plan[index].input_shape))} failed: "
+            f"{type(error).__name__}: {_first_line(error)}", index=index, layer_name=name, layer_type=kind,
+        ) from error
 
     names = {p.name for p in plan}
     for collection, tree in variables.items():

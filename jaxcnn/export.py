@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -93,10 +94,10 @@ def export_model(
     forward = exported.serialize()
     # The lowering rule depends on the batch size (jaxcnn.lowerings); a symbolic batch gets the
     # large-batch choice, so a second program with the small-batch choice serves batches <= 8.
-    # A fresh jit: jit's trace cache does not key on the assumed batch.
-    with lowerings.assume_batch(1):
-        forward_small = jax.export.export(jax.jit(forward_function(compiled, treedef)),
-                                          platforms=tuple(platforms))(*arguments).serialize()
+    small = dataclasses.replace(compiled, module=compiled.module.clone(
+        lowering=dataclasses.replace(compiled.module.lowering, assumed_batch=1)))
+    forward_small = jax.export.export(jax.jit(forward_function(small, treedef)),
+                                      platforms=tuple(platforms))(*arguments).serialize()
     buffer = io.BytesIO()
     np.savez(buffer, **{f"p{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
     params = buffer.getvalue()

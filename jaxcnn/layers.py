@@ -94,14 +94,31 @@ ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
 }
 _ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu", "none": "linear"}
 
+
+def _variance_scaling(scale: float, mode: str, distribution: str) -> Callable[..., Any]:
+    """``jax.nn.initializers.variance_scaling`` with Keras's fans for a 1-D weight (a bias):
+    ``fan_in = fan_out = shape[0]`` (Keras's ``compute_fans``), where JAX refuses a 1-D shape."""
+    nd = jax.nn.initializers.variance_scaling(scale, mode, distribution)
+
+    def init(key: jax.Array, shape: Shape, dtype: Any = jnp.float32) -> jax.Array:
+        if len(shape) != 1:
+            return nd(key, shape, dtype)
+        # As a (1, n) weight with fan_in 1: variance scale / n, every mode's variance for fans n and n.
+        one_row = jax.nn.initializers.variance_scaling(scale / shape[0], "fan_in", distribution)
+        return one_row(key, (1, shape[0]), dtype).reshape(shape)
+
+    return init
+
+
 INITIALIZERS: Mapping[str, Callable[..., Any]] = {
-    "glorot_uniform": jax.nn.initializers.glorot_uniform(),
-    "glorot_normal": jax.nn.initializers.glorot_normal(),
-    "he_uniform": jax.nn.initializers.he_uniform(),
-    "he_normal": jax.nn.initializers.he_normal(),
-    "lecun_uniform": jax.nn.initializers.lecun_uniform(),
-    "lecun_normal": jax.nn.initializers.lecun_normal(),
-    "orthogonal": jax.nn.initializers.orthogonal(),
+    # jax.nn.initializers' glorot_*, he_* and lecun_* (the same variance scalings as Keras's).
+    "glorot_uniform": _variance_scaling(1.0, "fan_avg", "uniform"),
+    "glorot_normal": _variance_scaling(1.0, "fan_avg", "truncated_normal"),
+    "he_uniform": _variance_scaling(2.0, "fan_in", "uniform"),
+    "he_normal": _variance_scaling(2.0, "fan_in", "truncated_normal"),
+    "lecun_uniform": _variance_scaling(1.0, "fan_in", "uniform"),
+    "lecun_normal": _variance_scaling(1.0, "fan_in", "truncated_normal"),
+    "orthogonal": jax.nn.initializers.orthogonal(),  # 2-D or more: refused for a bias
     "zeros": jax.nn.initializers.zeros,
     "ones": jax.nn.initializers.ones,
     # Keras's defaults for these three: stddev 0.05, range [-0.05, 0.05].
@@ -182,14 +199,23 @@ def _initializer(layer: str, arg: str, value: Any) -> str:
     return value.lower()
 
 
+_MATRIX_INITIALIZERS = ("orthogonal",)  # need a weight of at least 2 dimensions, in Keras too
+
+
 def _weights(layer: Layer) -> dict[str, Any]:
     """The normalized arguments Conv2D and Dense share (activation, bias, initializers)."""
     t = layer.type
+    use_bias = _bool(t, "use_bias", layer.use_bias)
+    bias_initializer = _initializer(t, "bias_initializer", layer.bias_initializer)
+    if use_bias and bias_initializer in _MATRIX_INITIALIZERS:
+        raise _fail(t, "bias_initializer", layer.bias_initializer,
+                    "needs a weight of at least 2 dimensions and the bias is 1-D (Keras fails on it at "
+                    "build); use 'zeros' or a random initializer")
     return {
         "activation": _activation(t, "activation", layer.activation),
-        "use_bias": _bool(t, "use_bias", layer.use_bias),
+        "use_bias": use_bias,
         "kernel_initializer": _initializer(t, "kernel_initializer", layer.kernel_initializer),
-        "bias_initializer": _initializer(t, "bias_initializer", layer.bias_initializer),
+        "bias_initializer": bias_initializer,
     }
 
 
@@ -360,19 +386,24 @@ class Layer:
 
     mixes_positions: ClassVar[bool] = False  # True where every output sees the whole input
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None,
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
                      train: bool = False) -> str | None:
-        """The XLA program this layer compiles to for ``batch`` inputs of ``input_shape`` on
-        ``backend`` (the default backend when ``None``), in a training step or not, where there is a
-        choice (see :mod:`jaxcnn.lowerings`); else ``None``."""
-        del input_shape, backend, batch, train
+        """The XLA program this layer compiles to for ``batch`` inputs of ``input_shape`` in
+        ``context`` (the backend and the rest, fixed when the module was built), in a training step
+        or not, where there is a choice (see :mod:`jaxcnn.lowerings`); else ``None``."""
+        del input_shape, context, batch, train
         return None
 
-    def describe_lowering(self, input_shape: Shape) -> str | None:
-        """:meth:`lowering_for` in words for the summary, where it depends on the batch size."""
-        return self.lowering_for(input_shape)
+    def describe_lowering(self, input_shape: Shape,
+                          context: lowerings.LoweringContext | None = None) -> str | None:
+        """:meth:`lowering_for` in a few words for the summary's lowering column, with the batch
+        sizes and the training flag where the choice depends on them; ``context=None`` describes it
+        without knowing (or starting) the backend. ``None`` where the layer has no choice."""
+        del input_shape, context
+        return None
 
-    # The computation.
+    # The computation. ``module`` is the layer's Flax module (jaxcnn.flax_module.LayerModule): its
+    # ``param``, ``variable``, ``make_rng``, and ``lowering``, the LoweringContext it was built with.
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del module, train
         return x
@@ -432,6 +463,11 @@ class Conv2D(_Windowed):
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
             **_weights(self),
         )
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:  # Keras 3's BaseConv refuses it too
+            raise LayerArgumentError(
+                f"`strides` (={self.strides}) and `dilation_rate` (={self.dilation_rate}) cannot both "
+                "exceed 1: Keras refuses `strides > 1` in conjunction with `dilation_rate > 1` too",
+                layer_type=t)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         (h, w), _ = self._spatial(input_shape, self.kernel_size, self.strides, self.dilation_rate,
@@ -465,19 +501,19 @@ class Conv2D(_Windowed):
         eff = tuple((f - 1) * d + 1 for f, d in zip(self.kernel_size, self.dilation_rate))
         return eff, self.strides
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None,
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
                      train: bool = False) -> str:
         if self.lowering != "auto":
             return self.lowering
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.choose_conv((h, w), backend, batch, train=train, in_channels=input_shape[-1],
+        return lowerings.choose_conv((h, w), context, batch, train=train, in_channels=input_shape[-1],
                                      taps=self.kernel_size[0] * self.kernel_size[1])
 
-    def describe_lowering(self, input_shape: Shape) -> str:
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
         if self.lowering != "auto":
-            return self.lowering
+            return lowerings.display_name(self.lowering)
         h, w, _ = self.output_shape(tuple(input_shape))
-        return lowerings.describe_conv((h, w), in_channels=input_shape[-1],
+        return lowerings.describe_conv((h, w), context, in_channels=input_shape[-1],
                                        taps=self.kernel_size[0] * self.kernel_size[1])
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
@@ -487,7 +523,8 @@ class Conv2D(_Windowed):
         )
         y = lowerings.conv(x, kernel.astype(x.dtype), strides=self.strides, padding=self.padding,
                            dilation=self.dilation_rate,
-                           lowering=self.lowering_for(x.shape[1:], batch=x.shape[0], train=train))
+                           lowering=self.lowering_for(x.shape[1:], module.lowering, batch=x.shape[0],
+                                                      train=train))
         if self.use_bias:
             bias = module.param("bias", INITIALIZERS[self.bias_initializer], (self.filters,), jnp.float32)
             y = y + bias.astype(y.dtype)
@@ -515,18 +552,29 @@ class _Pooling2D(_Windowed):
         _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding),
              lowering=_choice(t, "lowering", self.lowering, lowerings.POOL_LOWERINGS))
 
-    def lowering_for(self, input_shape: Shape, backend: str | None = None, batch: Any = None,
-                     train: bool = False) -> str:
-        del batch, train
+    def _forced_lowering_applies(self, input_shape: Shape) -> None:
+        """A forced ``lowering="reshape"`` whose windows do not tile the input is refused."""
         hw = (input_shape[0], input_shape[1])
         if self.lowering == "reshape" and not lowerings.tiles(hw, self.pool_size, self.strides, self.padding):
             raise ImpossibleShapeError(
                 f"lowering='reshape' needs windows that tile the input (pool_size == strides, padding "
                 f"'valid', sizes divisible); pool {self.pool_size}, strides {self.strides}, padding "
                 f"'{self.padding}' on {hw[0]}x{hw[1]} do not", layer_type=self.type)
+
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
+                     train: bool = False) -> str:
+        del batch, train
+        self._forced_lowering_applies(input_shape)
         if self.lowering != "auto":
             return self.lowering
-        return lowerings.choose_pool(hw, self.pool_size, self.strides, self.padding, backend)
+        return lowerings.choose_pool(tuple(input_shape[:2]), self.pool_size, self.strides, self.padding, context)
+
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
+        self._forced_lowering_applies(input_shape)
+        if self.lowering != "auto":
+            return self.lowering
+        return lowerings.describe_pool(tuple(input_shape[:2]), self.pool_size, self.strides, self.padding,
+                                       context)
 
     @classmethod
     def _canonical(cls, field: str, default: Any) -> Any:
@@ -540,7 +588,7 @@ class _Pooling2D(_Windowed):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         (h, w), _ = self._spatial(input_shape, self.pool_size, self.strides, (1, 1), self.padding, "pool")
-        self.lowering_for(input_shape)  # a forced lowering that cannot apply is refused here
+        self._forced_lowering_applies(input_shape)
         return (h, w, input_shape[2])
 
     def formula(self, input_shape: Shape) -> Formula:
@@ -550,9 +598,9 @@ class _Pooling2D(_Windowed):
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return self.pool_size, self.strides
 
-    def _window_args(self, x: jax.Array) -> dict[str, Any]:
+    def _window_args(self, module: Any, x: jax.Array) -> dict[str, Any]:
         return {"pool": self.pool_size, "strides": self.strides, "padding": self.padding,
-                "lowering": self.lowering_for(x.shape[1:])}
+                "lowering": self.lowering_for(x.shape[1:], module.lowering)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -560,8 +608,8 @@ class MaxPooling2D(_Pooling2D):
     """``MaxPooling2D(pool_size=2, strides=None (= pool_size), padding="valid")``; SAME pads with -inf."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
-        del module, train
-        return lowerings.max_pool(x, **self._window_args(x))
+        del train
+        return lowerings.max_pool(x, **self._window_args(module, x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -570,8 +618,8 @@ class AveragePooling2D(_Pooling2D):
     padding each window is averaged over its real (unpadded) elements, as Keras does."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
-        del module, train
-        args = self._window_args(x)
+        del train
+        args = self._window_args(module, x)
         total = lowerings.sum_pool(x, **args)
         if self.padding == "valid":
             return total / (self.pool_size[0] * self.pool_size[1])

@@ -38,14 +38,18 @@ is at most 8 (the batch is concrete when a step is traced; a symbolic batch coun
 training: without the flag unless its output map has 64 positions or more and it has 128 input
 channels or more, with the flag only for at least 9 taps over at most 4 input channels. On GPU and
 TPU every convolution uses ``lax.conv`` (cuDNN, the TPU's convolution units).
+
+What the rule needs besides a layer's shapes, the batch size and the train flag (the backend, a
+mesh, the XLA flags, a batch size to assume for a symbolic batch) is a :class:`LoweringContext`,
+fixed when a module is built and carried by it as static data; nothing here asks JAX for its
+backend or reads ``XLA_FLAGS`` while a step is traced, and a shape query (``count_params``, ``plan``,
+``check``, the summary) starts no backend.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import dataclasses
 import os
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -54,91 +58,118 @@ from jax import lax
 __all__ = [
     "CONV_LOWERINGS",
     "POOL_LOWERINGS",
-    "assume_batch",
-    "partitioned",
+    "SMALL_BATCH",
+    "LoweringContext",
     "choose_conv",
     "choose_pool",
     "describe_conv",
+    "describe_pool",
+    "display_name",
     "conv",
     "max_pool",
     "sum_pool",
+    "tiles",
 ]
 
 CONV_LOWERINGS = ("auto", "conv", "patches")
 POOL_LOWERINGS = ("auto", "reduce_window", "reshape")
 _SMALL_MAP = 4  # output positions (H_out * W_out) at or below which patches win on CPU
 SMALL_BATCH = 8  # batch sizes at or below which patches win on CPU
+_NAMES = {"conv": "lax.conv"}  # how the summary writes a lowering; the others by their own names
 
 
-_ASSUMED_BATCH: contextvars.ContextVar[int | None] = contextvars.ContextVar("assumed_batch", default=None)
-
-
-@contextlib.contextmanager
-def assume_batch(batch: int) -> Iterator[None]:
-    """Within this block, a symbolic batch dimension is taken as ``batch`` by the choice rule: an
-    export traced for a symbolic batch can then carry a small-batch variant too."""
-    token = _ASSUMED_BATCH.set(batch)
-    try:
-        yield
-    finally:
-        _ASSUMED_BATCH.reset(token)
-
-
-_PARTITIONED: contextvars.ContextVar[bool] = contextvars.ContextVar("partitioned", default=False)
-
-
-@contextlib.contextmanager
-def partitioned() -> Iterator[None]:
-    """Within this block, code is traced for a mesh of several devices (jaxcnn.parallel): every
-    automatic convolution choice is ``lax.conv``, which XLA's SPMD partitioner handles natively.
-    The patches lowering's hand-written VJP gave a wrong weight gradient there once a batch held
-    masked padding ahead of a BatchNormalization (tests/test_parallel.py), so it is not used."""
-    token = _PARTITIONED.set(True)
-    try:
-        yield
-    finally:
-        _PARTITIONED.reset(token)
-
-
-def _fast_cpu_flags() -> bool:
+def _fast_cpu_flags_set() -> bool:
+    """Whether ``XLA_FLAGS`` holds :data:`jaxcnn.xla_flags.FAST_CPU_FLAGS` (an environment read)."""
     from jaxcnn.xla_flags import FAST_CPU_FLAGS
 
     flags = os.environ.get("XLA_FLAGS", "").split()
     return all(flag in flags for flag in FAST_CPU_FLAGS)
 
 
-def choose_conv(output_hw: tuple[int, int], backend: str | None = None, batch: object = None, *,
+@dataclasses.dataclass(frozen=True)
+class LoweringContext:
+    """What the automatic choice depends on besides a layer's shapes, the batch size and the train
+    flag: fixed when a module is built (a field of :class:`jaxcnn.flax_module.SequentialModule`),
+    hashable, never read from the environment at trace time.
+
+    Attributes:
+      backend: ``jax.default_backend()``'s name (``"cpu"``, ``"gpu"``, ``"tpu"``).
+      partitioned: traced for a mesh of several devices (:mod:`jaxcnn.parallel`): every automatic
+        convolution is ``lax.conv``, which XLA's SPMD partitioner handles natively. The patches
+        lowering gave a wrong weight gradient there once a batch held masked padding ahead of a
+        BatchNormalization (experiments/xla_spmd_patches_repro.py), so it is not used.
+      fast_cpu: XLA runs with :data:`jaxcnn.xla_flags.FAST_CPU_FLAGS`, which change the training rule.
+      assumed_batch: the batch size a symbolic batch dimension is taken as (``None``: a large batch);
+        an export traced for a symbolic batch carries a small-batch variant built with ``1``.
+    """
+
+    backend: str
+    partitioned: bool = False
+    fast_cpu: bool = False
+    assumed_batch: int | None = None
+
+    @classmethod
+    def of_process(cls, *, partitioned: bool = False) -> LoweringContext:
+        """This process's context: ``jax.default_backend()`` (which starts JAX's backends) and
+        whether ``XLA_FLAGS`` holds the fast-CPU flags. For a module that is about to run."""
+        return cls(jax.default_backend(), partitioned=partitioned, fast_cpu=_fast_cpu_flags_set())
+
+
+def choose_conv(output_hw: tuple[int, int], context: LoweringContext, batch: object = None, *,
                 train: bool = False, in_channels: int = 0, taps: int = 9) -> str:
-    """``"patches"`` or ``"conv"`` for a convolution with this output map and ``in_channels`` on
-    ``backend``, for ``batch`` examples (an int; ``None`` or a symbolic dimension count as a large
-    batch, unless :func:`assume_batch` says otherwise), in a training step or not."""
-    backend = backend or jax.default_backend()
-    if backend != "cpu" or _PARTITIONED.get():
+    """``"patches"`` or ``"conv"`` for a convolution with this output map, ``in_channels`` input
+    channels and ``taps`` kernel taps in ``context``, for ``batch`` examples (an int; ``None`` or a
+    symbolic dimension count as ``context.assumed_batch``, a large batch when that is ``None``), in
+    a training step or not."""
+    if context.backend != "cpu" or context.partitioned:
         return "conv"
     if not isinstance(batch, int):
-        batch = _ASSUMED_BATCH.get()
+        batch = context.assumed_batch
     positions = output_hw[0] * output_hw[1]
     if positions <= _SMALL_MAP or (isinstance(batch, int) and batch <= SMALL_BATCH):
         return "patches"
     if train:
-        if _fast_cpu_flags():
+        if context.fast_cpu:
             return "patches" if taps >= 9 and in_channels <= 4 else "conv"
         return "conv" if positions >= 64 and in_channels >= 128 else "patches"
     return "conv"
 
 
-def describe_conv(output_hw: tuple[int, int], backend: str | None = None, *, in_channels: int = 0,
-                  taps: int = 9) -> str:
-    """The automatic choice in words, for the summary (it may depend on the batch size and on
-    whether the step trains)."""
-    large = choose_conv(output_hw, backend, in_channels=in_channels, taps=taps)
-    others = []
-    if choose_conv(output_hw, backend, batch=1, in_channels=in_channels, taps=taps) != large:
-        others.append(f"at batch <= {SMALL_BATCH}")
-    if choose_conv(output_hw, backend, train=True, in_channels=in_channels, taps=taps) != large:
-        others.append("in training")
+def describe_conv(output_hw: tuple[int, int], context: LoweringContext | None = None, *,
+                  in_channels: int = 0, taps: int = 9) -> str:
+    """The automatic choice in a few words, for the summary's lowering column: the choice at a
+    large batch in inference, then when the other one is taken (``"lax.conv; patches if batch<=8 or
+    training"``). With ``context=None`` (the summary starts no backend to learn it) the CPU rule is
+    described as such: ``"lax.conv; patches on CPU if batch<=8 or training"``."""
+    cpu = context if context is not None else LoweringContext("cpu", fast_cpu=_fast_cpu_flags_set())
+    large = choose_conv(output_hw, cpu, in_channels=in_channels, taps=taps)
+    conditions = []
+    if choose_conv(output_hw, cpu, batch=1, in_channels=in_channels, taps=taps) != large:
+        conditions.append(f"batch<={SMALL_BATCH}")
+    if choose_conv(output_hw, cpu, train=True, in_channels=in_channels, taps=taps) != large:
+        conditions.append("training")
+    if context is None:  # off CPU every convolution is lax.conv
+        if large == "conv" and not conditions:
+            return "lax.conv"
+        return "lax.conv; patches on CPU" + (" if " + " or ".join(conditions) if conditions else "")
+    if not conditions:
+        return display_name(large)
     other = "patches" if large == "conv" else "conv"
-    return f"{large} ({other} {' and '.join(others)})" if others else large
+    return f"{display_name(large)}; {display_name(other)} if {' or '.join(conditions)}"
+
+
+def describe_pool(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int], padding: str,
+                  context: LoweringContext | None = None) -> str:
+    """The automatic pooling choice in words, as :func:`describe_conv` (``"reduce_window; reshape
+    on CPU"`` with ``context=None``)."""
+    if context is not None:
+        return choose_pool(input_hw, pool, strides, padding, context)
+    return "reduce_window; reshape on CPU" if tiles(input_hw, pool, strides, padding) else "reduce_window"
+
+
+def display_name(lowering: str) -> str:
+    """A lowering as the summary writes it (``"conv"`` is ``"lax.conv"``)."""
+    return _NAMES.get(lowering, lowering)
 
 
 def tiles(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int], padding: str) -> bool:
@@ -148,11 +179,11 @@ def tiles(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, 
 
 
 def choose_pool(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int], padding: str,
-                backend: str | None = None) -> str:
+                context: LoweringContext) -> str:
     """``"reshape"`` where the windows tile the input on CPU (its backward is 10x faster than
     select-and-scatter there), else ``"reduce_window"``."""
-    backend = backend or jax.default_backend()
-    return "reshape" if backend == "cpu" and tiles(input_hw, pool, strides, padding) else "reduce_window"
+    tiled = context.backend == "cpu" and tiles(input_hw, pool, strides, padding)
+    return "reshape" if tiled else "reduce_window"
 
 
 def conv(x: jax.Array, kernel: jax.Array, *, strides: tuple[int, int], padding: str,

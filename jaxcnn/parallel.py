@@ -216,43 +216,51 @@ def fetch(tree: Any) -> Any:
     return jax.tree.map(np.asarray, tree)
 
 
+def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    """A tree path as the names of its keys (``DictKey("conv2d")`` -> ``"conv2d"``)."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def sharding_report(state: Any, layout: Layout, layer_order: Sequence[str] = ()) -> dict[str, Any]:
     """Each parameter's sharding and the bytes one device holds of it and of its optimizer state,
     from an abstract state (``CompiledModel.abstract_state()``: nothing is allocated).
 
     Returns ``{"devices", "strategy", "parameters": [{"name", "shape", "sharding",
-    "param_bytes_per_device", "optimizer_bytes_per_device"}], "totals": {...}}``; the optimizer
-    bytes of a parameter are those of the optimizer-state leaves of its shape (Adam's two moments,
-    momentum's one), the rest of the optimizer state (step counts) is in the totals.
+    "param_bytes_per_device", "optimizer_bytes_per_device"}], "totals": {...}}``. A parameter's
+    optimizer bytes are those of the optimizer-state leaves at its tree path (optax states hold trees
+    shaped as the parameters: Adam's ``mu`` and ``nu`` at ``.../conv2d/kernel``); the other state
+    (batch statistics, step counts, the step and the key) is in the totals' ``other``.
     """
-    rows = []
-    opt_leaves = jax.tree.leaves(state.opt_state)
-    param_shapes = set()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
-        shape = tuple(leaf.shape)
-        param_shapes.add(shape)
-        same = [o for o in opt_leaves if tuple(o.shape) == shape]
-        # several parameters may share a shape: split that shape's optimizer leaves evenly
-        share = sum(1 for q in jax.tree.leaves(state.params) if tuple(q.shape) == shape)
-        rows.append({
-            "name": "/".join(str(getattr(k, "key", k)) for k in path),
-            "shape": list(shape),
-            "sharding": layout.describe(shape),
-            "param_bytes_per_device": layout.bytes_per_device(shape, leaf.dtype),
-            "optimizer_bytes_per_device": sum(layout.bytes_per_device(shape, o.dtype) for o in same) // share,
-        })
-    rest = [leaf for leaf in jax.tree.leaves((state.batch_stats, state.opt_state, state.step, state.rng))
-            if tuple(leaf.shape) not in param_shapes]
+    params = {_path_names(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    per_param: dict[tuple[str, ...], int] = {path: 0 for path in params}
+    other = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
+        names = _path_names(path)
+        owner = next((names[-len(p):] for p in params if names[-len(p):] == p), None) if names else None
+        nbytes = layout.bytes_per_device(tuple(leaf.shape), leaf.dtype)
+        if owner is None:
+            other += nbytes
+        else:
+            per_param[owner] += nbytes
+    for leaf in jax.tree.leaves((state.batch_stats, state.step, state.rng)):
+        other += layout.bytes_per_device(tuple(leaf.shape), leaf.dtype)
+    rows = [{
+        "name": "/".join(path),
+        "shape": list(leaf.shape),
+        "sharding": layout.describe(tuple(leaf.shape)),
+        "param_bytes_per_device": layout.bytes_per_device(tuple(leaf.shape), leaf.dtype),
+        "optimizer_bytes_per_device": per_param[path],
+    } for path, leaf in params.items()]
     order = {name: i for i, name in enumerate(layer_order)}
     rows.sort(key=lambda r: order.get(r["name"].split("/")[0], len(order)))  # the model's layer order
-    params = sum(r["param_bytes_per_device"] for r in rows)
+    param_bytes = sum(r["param_bytes_per_device"] for r in rows)
     optimizer = sum(r["optimizer_bytes_per_device"] for r in rows)
-    other = sum(layout.bytes_per_device(tuple(leaf.shape), leaf.dtype) for leaf in rest)
     unsharded = sum(int(math.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
     return {
         "devices": layout.size, "strategy": layout.strategy, "axis": AXIS, "parameters": rows,
-        "totals": {"param_bytes_per_device": params, "optimizer_bytes_per_device": optimizer,
-                   "other_state_bytes_per_device": other, "state_bytes_per_device": params + optimizer + other,
+        "totals": {"param_bytes_per_device": param_bytes, "optimizer_bytes_per_device": optimizer,
+                   "other_state_bytes_per_device": other,
+                   "state_bytes_per_device": param_bytes + optimizer + other,
                    "state_bytes_unsharded": unsharded},
     }
 

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxcnn.flax_module import SequentialModule
+from jaxcnn.lowerings import LoweringContext
 from jaxcnn.errors import ConfigError
 from jaxcnn.model import Sequential
 
@@ -177,11 +178,9 @@ class CompiledModel:
         # Explicit shardings (jaxcnn.parallel): the state per its layout, batches split over "data",
         # metrics replicated. XLA's SPMD partitioner adds the collectives.
         layout = self.layout
-        if layout.size > 1:  # traced for the mesh: the lowering choice knows (lowerings.partitioned)
-            step, steps, evaluate, predict = (_partitioned(f) for f in (
-                self._train_step, self._train_steps, self._eval_step, self._predict))
-        else:
-            step, steps, evaluate, predict = self._train_step, self._train_steps, self._eval_step, self._predict
+        if layout.size > 1 and not self.module.lowering.partitioned:  # the lowerings for a mesh
+            put("module", self.module.clone(lowering=dataclasses.replace(self.module.lowering, partitioned=True)))
+        step, steps, evaluate, predict = self._train_step, self._train_steps, self._eval_step, self._predict
         state = layout.state_shardings(self.abstract_state())
         batch, stacked, replicated = layout.batch_sharding(), layout.batch_sharding(1), layout.replicated
         put("train_step", jax.jit(step, in_shardings=(state, batch),
@@ -397,17 +396,6 @@ class CompiledModel:
         return total.compute()
 
 
-def _partitioned(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``f`` traced inside :func:`jaxcnn.lowerings.partitioned`."""
-    from jaxcnn.lowerings import partitioned
-
-    def traced(*args: Any) -> Any:
-        with partitioned():
-            return f(*args)
-
-    return traced
-
-
 def compile(  # noqa: A001  (the Keras name)
     model: Sequential,
     optimizer: optax.GradientTransformation | str | Mapping[str, Any] = "adam",
@@ -445,6 +433,8 @@ def compile(  # noqa: A001  (the Keras name)
     if not isinstance(optimizer, optax.GradientTransformation):
         optimizer = from_config(optimizer, total_steps=total_steps)
     specs, head = _split_head(model)
-    return CompiledModel(model=model, module=SequentialModule(specs=specs), optimizer=optimizer,
+    # the lowerings for this process's backend and XLA flags (on a mesh, CompiledModel marks them partitioned)
+    module = SequentialModule(specs=specs, lowering=LoweringContext.of_process())
+    return CompiledModel(model=model, module=module, optimizer=optimizer,
                          loss=_loss_name(loss), head=head, top_k=_metric_k(metrics), precision=precision,
                          on_nonfinite=on_nonfinite, layout=layout)

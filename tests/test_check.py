@@ -73,6 +73,32 @@ def test_a_wrong_parameter_formula_is_caught():
         model.check()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Squares(Dense):
+    """A Dense whose Flax code assumes a square kernel: it cannot trace where units != input features."""
+
+    def forward(self, module, x, *, train):
+        kernel = module.param("kernel", jax.nn.initializers.zeros, (x.shape[-1], self.units))
+        return x @ kernel @ kernel
+
+
+def test_a_tracing_failure_is_a_shape_mismatch_in_check_only():
+    model = jaxcnn.Sequential([Flatten(input_shape=(2, 3)), _Squares(4, use_bias=False, name="squares")])
+    with pytest.raises(ShapeMismatchError) as info:
+        model.check()
+    assert str(info.value).startswith(
+        "layer 1 'squares' (_Squares): tracing the layer's Flax code on input (None, 6) failed: TypeError: "
+        "dot_general requires contracting dimensions to have the same shape, got (4,) and (6,).")
+    assert "\n" not in str(info.value)
+    # Outside check() (init, a training step) the error is JAX's own, with a note naming the layer.
+    module = model.module()
+    with pytest.raises(TypeError, match="dot_general requires contracting dimensions") as raw:
+        module.init(jax.random.key(0), jax.numpy.zeros((2, 2, 3)))
+    assert raw.value.__notes__[0] == "jaxcnn: raised while tracing layer 1 'squares' (_Squares) on input (2, 6)"
+    with pytest.raises(TypeError, match="dot_general requires contracting dimensions"):
+        module.init(jax.random.key(0), jax.numpy.zeros((2, 2, 3)), train=True)  # the training path too
+
+
 def test_impossible_layers_are_refused_before_tracing(monkeypatch):
     import jaxcnn.check as check_module
 

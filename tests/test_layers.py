@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,9 @@ import pytest
 
 import jaxcnn
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
+from conftest import KERAS_FIXTURES
 from jaxcnn.layers import (
-    ACTIVATIONS, LAYER_TYPES, Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
+    ACTIVATIONS, INITIALIZERS, LAYER_TYPES, Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
     Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input, MaxPooling2D, snake_case,
 )
 
@@ -67,6 +69,18 @@ def test_keras_activation_names_are_known():
         (lambda: BatchNormalization(epsilon=0), r"`epsilon` \(=0\) must be positive"),
         (lambda: Conv2D(8, 3, input_shape=(32, 0, 3)), r"`input_shape` \(=\(32, 0, 3\)\)"),
         (lambda: Input((28, 28, -1)), r"Input: `shape`"),
+        # Keras 3's BaseConv: "`strides > 1` not supported in conjunction with `dilation_rate > 1`",
+        # on any axis of either (max(strides) > 1 and max(dilation_rate) > 1)
+        (lambda: Conv2D(8, 3, strides=2, dilation_rate=2),
+         r"^Conv2D: `strides` \(=\(2, 2\)\) and `dilation_rate` \(=\(2, 2\)\) cannot both exceed 1: Keras "
+         r"refuses `strides > 1` in conjunction with `dilation_rate > 1` too$"),
+        (lambda: Conv2D(8, 3, strides=(1, 2), dilation_rate=(3, 1)),
+         r"`strides` \(=\(1, 2\)\) and `dilation_rate` \(=\(3, 1\)\) cannot both exceed 1"),
+        # Keras's Orthogonal initializer fails on a 1-D weight ("must be at least two-dimensional")
+        (lambda: Dense(4, bias_initializer="orthogonal"),
+         r"^Dense: `bias_initializer` \(='orthogonal'\) needs a weight of at least 2 dimensions and the "
+         r"bias is 1-D"),
+        (lambda: Conv2D(8, 3, bias_initializer="Orthogonal"), r"Conv2D: `bias_initializer` \(='Orthogonal'\)"),
     ],
 )
 def test_bad_arguments_are_refused_naming_the_layer_type_argument_and_value(make, message):
@@ -90,7 +104,7 @@ def test_snake_case_names_match_keras():
         (Conv2D(64, 3, padding="same"), (224, 224, 64), (224, 224, 64), 36_928),  # not 36,982
         (Conv2D(8, (3, 1), strides=(2, 1), padding="same", use_bias=False), (37, 29, 4), (19, 29, 8), 96),
         (Conv2D(12, 3, dilation_rate=2), (19, 29, 8), (15, 25, 12), 876),  # effective 5 = (3-1)*2+1
-        (Conv2D(4, 3, strides=2, dilation_rate=2), (10, 11, 1), (3, 4, 4), 40),
+        (Conv2D(4, 3, dilation_rate=(2, 1)), (10, 11, 1), (6, 9, 4), 40),  # effective 5x3
         (MaxPooling2D(2, 2), (100, 100, 15), (50, 50, 15), 0),
         (MaxPooling2D(3, 2), (7, 8, 1), (3, 3, 1), 0),
         (AveragePooling2D(3, 2, padding="same"), (15, 25, 12), (8, 13, 12), 0),
@@ -252,3 +266,51 @@ def test_dropout_is_identity_in_evaluation_and_scales_in_training():
     values = np.unique(np.asarray(y))
     np.testing.assert_allclose(values, [0.0, 1.0 / 0.75], rtol=1e-6)
     assert 0.15 < float((y == 0).mean()) < 0.35
+
+
+def test_a_keras_file_with_strides_and_dilation_is_refused_naming_file_and_layer(tmp_path):
+    from jaxcnn.config import load
+
+    doc = json.loads((KERAS_FIXTURES / "conv_valid_s2.json").read_text())  # Conv2D strides (2, 2)
+    conv = next(entry for entry in doc["config"]["layers"] if entry["class_name"] == "Conv2D")
+    conv["config"]["dilation_rate"] = [2, 2]
+    path = tmp_path / "dilated.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LayerArgumentError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: layer 0 'conv2d_18' (Conv2D): `strides` (=(2, 2)) and `dilation_rate` (=(2, 2)) cannot both "
+        "exceed 1: Keras refuses `strides > 1` in conjunction with `dilation_rate > 1` too")
+
+
+def test_an_unused_bias_initializer_is_not_refused():
+    assert Dense(4, use_bias=False, bias_initializer="orthogonal").bias_initializer == "orthogonal"
+    assert Conv2D(8, 3, kernel_initializer="orthogonal").kernel_initializer == "orthogonal"
+
+
+@pytest.mark.parametrize("name, scale, uniform", [
+    ("glorot_uniform", 1.0, True), ("glorot_normal", 1.0, False), ("he_uniform", 2.0, True),
+    ("he_normal", 2.0, False), ("lecun_uniform", 1.0, True), ("lecun_normal", 1.0, False)])
+def test_fan_initializers_on_a_bias_use_keras_fans(name, scale, uniform):
+    """Keras's compute_fans gives a 1-D weight fan_in = fan_out = n, so each of these draws with
+    variance scale / n (glorot: 2 / (n + n) = 1 / n; he: 2 / n; lecun: 1 / n); JAX's own refuse a 1-D
+    shape. Uniform: limit sqrt(3 * scale / n); truncated normal: within 2 standard deviations."""
+    n = 4000
+    model = jaxcnn.Sequential([Dense(n, bias_initializer=name, input_shape=(3,))])
+    bias = np.asarray(model.module().init(jax.random.key(0), jnp.zeros((1, 3)))["params"]["dense"]["bias"])
+    assert bias.shape == (n,)
+    std = np.sqrt(scale / n)
+    assert np.std(bias) == pytest.approx(std, rel=0.05)
+    if uniform:
+        assert np.max(np.abs(bias)) <= np.sqrt(3.0) * std and np.max(np.abs(bias)) > 0.99 * np.sqrt(3.0) * std
+    else:
+        assert np.max(np.abs(bias)) <= 2.0 * std / 0.87962566103423978  # JAX's truncation at 2 stddevs
+
+
+def test_fan_initializers_on_kernels_are_jaxs_own():
+    key = jax.random.key(3)
+    for name, reference in [("glorot_uniform", jax.nn.initializers.glorot_uniform()),
+                            ("he_normal", jax.nn.initializers.he_normal()),
+                            ("lecun_uniform", jax.nn.initializers.lecun_uniform())]:
+        for shape in [(5, 7), (3, 3, 4, 8)]:
+            np.testing.assert_array_equal(INITIALIZERS[name](key, shape), reference(key, shape))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
@@ -12,13 +13,18 @@ import pytest
 import jaxcnn
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
-from jaxcnn.layers import Conv2D, MaxPooling2D, AveragePooling2D
+from jaxcnn.layers import Conv2D, MaxPooling2D
+from jaxcnn.lowerings import LoweringContext
+
+CPU, GPU, TPU = LoweringContext("cpu"), LoweringContext("gpu"), LoweringContext("tpu")
+FAST_CPU = LoweringContext("cpu", fast_cpu=True)
 
 CONV_GRID = [
     # (input h, w, kernel, strides, padding, dilation)
     *[(h, w, k, s, p, d) for (h, w), k, s, p, d in itertools.product(
         [(7, 5), (2, 2), (1, 3)], [(3, 3), (1, 1), (2, 3)], [(1, 1), (2, 1)], ["same", "valid"], [(1, 1), (2, 1)])
-      if p == "same" or (h >= (k[0] - 1) * d[0] + 1 and w >= (k[1] - 1) * d[1] + 1)],
+      if (p == "same" or (h >= (k[0] - 1) * d[0] + 1 and w >= (k[1] - 1) * d[1] + 1))
+      and not (max(s) > 1 and max(d) > 1)],  # Conv2D refuses strides > 1 with dilation > 1, as Keras
 ]
 
 
@@ -70,50 +76,73 @@ def test_how_ties_in_max_pooling_share_the_gradient():
 
 
 def test_the_choice_rule_on_cpu_and_elsewhere():
-    assert lowerings.choose_conv((2, 2), "cpu") == "patches"
-    assert lowerings.choose_conv((1, 4), "cpu") == "patches"
-    assert lowerings.choose_conv((4, 4), "cpu") == "conv"
-    assert lowerings.choose_conv((4, 4), "cpu", batch=8) == "patches"  # small batches: patches
-    assert lowerings.choose_conv((32, 32), "cpu", batch=1) == "patches"
-    assert lowerings.choose_conv((32, 32), "cpu", batch=9) == "conv"
-    assert lowerings.choose_conv((32, 32), "cpu", batch=64, train=True, in_channels=3) == "patches"
-    assert lowerings.choose_conv((8, 8), "cpu", batch=64, train=True, in_channels=128) == "conv"
-    assert lowerings.describe_conv((8, 8), "cpu", in_channels=256) == "conv (patches at batch <= 8)"
-    assert lowerings.describe_conv((32, 32), "cpu", in_channels=3) == "conv (patches at batch <= 8 and in training)"
-    assert lowerings.choose_conv((2, 2), "gpu") == "conv"  # cuDNN
-    # with the experimental XLA CPU flag, training keeps lax.conv but for 3x3 over few channels
-    import os
-    flags = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
-    try:
-        assert lowerings.choose_conv((32, 32), "cpu", batch=128, train=True, in_channels=3, taps=4) == "conv"
-        assert lowerings.choose_conv((32, 32), "cpu", batch=64, train=True, in_channels=3, taps=9) == "patches"
-        assert lowerings.choose_conv((16, 16), "cpu", batch=64, train=True, in_channels=64) == "conv"
-        assert lowerings.choose_conv((2, 2), "cpu", batch=64, train=True, in_channels=512) == "patches"
-    finally:
-        if flags is None:
-            del os.environ["XLA_FLAGS"]
-        else:
-            os.environ["XLA_FLAGS"] = flags
-    assert lowerings.choose_conv((2, 2), "gpu", batch=1) == "conv"
-    assert lowerings.choose_conv((1, 1), "tpu") == "conv"
-    assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "valid", "cpu") == "reshape"
-    assert lowerings.choose_pool((7, 8), (2, 2), (2, 2), "valid", "cpu") == "reduce_window"
-    assert lowerings.choose_pool((8, 8), (3, 3), (2, 2), "valid", "cpu") == "reduce_window"
-    assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "same", "cpu") == "reduce_window"
-    assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "valid", "gpu") == "reduce_window"
+    assert lowerings.choose_conv((2, 2), CPU) == "patches"
+    assert lowerings.choose_conv((1, 4), CPU) == "patches"
+    assert lowerings.choose_conv((4, 4), CPU) == "conv"
+    assert lowerings.choose_conv((4, 4), CPU, batch=8) == "patches"  # small batches: patches
+    assert lowerings.choose_conv((32, 32), CPU, batch=1) == "patches"
+    assert lowerings.choose_conv((32, 32), CPU, batch=9) == "conv"
+    assert lowerings.choose_conv((32, 32), CPU, batch=64, train=True, in_channels=3) == "patches"
+    assert lowerings.choose_conv((8, 8), CPU, batch=64, train=True, in_channels=128) == "conv"
+    assert lowerings.choose_conv((2, 2), GPU) == "conv"  # cuDNN
+    assert lowerings.choose_conv((2, 2), GPU, batch=1) == "conv"
+    assert lowerings.choose_conv((1, 1), TPU) == "conv"
+    assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "valid", CPU) == "reshape"
+    assert lowerings.choose_pool((7, 8), (2, 2), (2, 2), "valid", CPU) == "reduce_window"
+    assert lowerings.choose_pool((8, 8), (3, 3), (2, 2), "valid", CPU) == "reduce_window"
+    assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "same", CPU) == "reduce_window"
+    assert lowerings.choose_pool((8, 8), (2, 2), (2, 2), "valid", GPU) == "reduce_window"
+
+
+def test_the_fast_cpu_context_changes_the_training_rule_without_xla_flags(monkeypatch):
+    """With the experimental XLA CPU flag, training keeps lax.conv but for 3x3 over few channels.
+    The context says so, not XLA_FLAGS at trace time: the environment is left without the flag."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for shape, channels, taps, plain, fast in [
+        ((32, 32), 3, 4, "patches", "conv"),  # 2x2 filters on 32x32x3
+        ((32, 32), 3, 9, "patches", "patches"),  # 3x3 over 3 channels: patches either way
+        ((16, 16), 64, 9, "patches", "conv"),
+        ((2, 2), 512, 9, "patches", "patches"),  # a tiny map: patches either way
+        ((8, 8), 128, 9, "conv", "conv"),
+    ]:
+        args = dict(batch=64, train=True, in_channels=channels, taps=taps)
+        assert (lowerings.choose_conv(shape, CPU, **args), lowerings.choose_conv(shape, FAST_CPU, **args)) == (
+            plain, fast), (shape, channels, taps)
+    layer, shape = Conv2D(8, 2, padding="same"), (32, 32, 3)
+    assert layer.lowering_for(shape, CPU, batch=128, train=True) == "patches"
+    assert layer.lowering_for(shape, FAST_CPU, batch=128, train=True) == "conv"
+    assert layer.lowering_for(shape, FAST_CPU, batch=128, train=False) == "conv"
+    assert layer.describe_lowering(shape, CPU) == "lax.conv; patches if batch<=8 or training"
+    assert layer.describe_lowering(shape, FAST_CPU) == "lax.conv; patches if batch<=8"
+    # this process's context reads the flags when a module is built
+    assert not LoweringContext.of_process().fast_cpu
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert LoweringContext.of_process() == LoweringContext(jax.default_backend(), fast_cpu=True)
+
+
+def test_the_lowering_is_described_in_a_few_plain_words():
+    assert lowerings.describe_conv((8, 8), CPU, in_channels=256) == "lax.conv; patches if batch<=8"
+    assert lowerings.describe_conv((32, 32), CPU, in_channels=3) == "lax.conv; patches if batch<=8 or training"
+    assert lowerings.describe_conv((2, 2), CPU, in_channels=512) == "patches"
+    assert lowerings.describe_conv((32, 32), GPU, in_channels=3) == "lax.conv"
+    # without a context (the summary starts no backend to learn which it is), the CPU rule is named
+    assert lowerings.describe_conv((32, 32), in_channels=3) == "lax.conv; patches on CPU if batch<=8 or training"
+    assert lowerings.describe_conv((2, 2), in_channels=512) == "lax.conv; patches on CPU"
+    assert lowerings.describe_pool((8, 8), (2, 2), (2, 2), "valid") == "reduce_window; reshape on CPU"
+    assert lowerings.describe_pool((8, 8), (2, 2), (2, 2), "valid", CPU) == "reshape"
+    assert lowerings.describe_pool((8, 8), (3, 3), (2, 2), "valid") == "reduce_window"
 
 
 def test_the_summary_shows_the_lowering_and_a_config_can_force_one(tmp_path):
     model = jaxcnn.load("configs/vgg11_32.toml")
     rows = model.summarize().rows
-    both = "conv (patches at batch <= 8 and in training)"
-    assert [r.lowering for r in rows if r.type == "Conv2D"] == [
-        both, both, "conv (patches at batch <= 8)", "conv (patches at batch <= 8)", both, both, "patches", "patches"]
-    assert {r.lowering for r in rows if r.type == "MaxPooling2D"} == {"reshape"}
+    both, batch = "lax.conv; patches on CPU if batch<=8 or training", "lax.conv; patches on CPU if batch<=8"
+    small = "lax.conv; patches on CPU"
+    assert [r.lowering for r in rows if r.type == "Conv2D"] == [both, both, batch, batch, both, both, small, small]
+    assert {r.lowering for r in rows if r.type == "MaxPooling2D"} == {"reduce_window; reshape on CPU"}
     forced = jaxcnn.Sequential([Conv2D(4, 3, padding="same", lowering="patches", input_shape=(8, 8, 2)),
-                                MaxPooling2D(lowering="reduce_window")])
-    assert [r.lowering for r in forced.summarize().rows] == ["patches", "reduce_window"]
+                                Conv2D(4, 3, padding="same", lowering="conv"), MaxPooling2D(lowering="reduce_window")])
+    assert [r.lowering for r in forced.summarize().rows] == ["patches", "lax.conv", "reduce_window"]
     path = tmp_path / "m.toml"
     forced.save(path)
     assert 'lowering = "patches"' in path.read_text() and jaxcnn.load(path) == forced
@@ -124,36 +153,47 @@ def test_the_summary_shows_the_lowering_and_a_config_can_force_one(tmp_path):
         Conv2D(4, 3, lowering="im2col")
 
 
-@pytest.mark.parametrize("lowering", ["conv", "patches"])
-def test_a_whole_model_trains_the_same_under_either_lowering(lowering):
-    """Forced lowerings give the same step as the automatic choice (to float32 rounding)."""
+def test_a_whole_model_trains_the_same_under_either_lowering():
+    """A step with every convolution forced to lax.conv equals one with every convolution forced to
+    patches (to float32 rounding), and the automatic choice (patches at batch 4 on CPU, as the
+    compiled HLO shows) equals both."""
     base = jaxcnn.load("configs/vgg11_32.toml").with_input_shape((8, 8, 3))
-    layers = [jaxcnn.layers.Conv2D(**{**{f: getattr(l, f) for f in ("filters", "kernel_size", "padding",
-                                                                     "activation")}, "lowering": lowering})
-              if l.type == "Conv2D" else l for l in base.layers[:6]]
-    model = jaxcnn.Sequential([*layers, jaxcnn.layers.Flatten(), jaxcnn.layers.Dense(10, activation="softmax")],
-                              input_shape=(8, 8, 3))
-    auto = jaxcnn.Sequential([*base.layers[:6], jaxcnn.layers.Flatten(), jaxcnn.layers.Dense(10, activation="softmax")],
-                             input_shape=(8, 8, 3))
+
+    def model(lowering):
+        layers = [dataclasses.replace(layer, lowering=lowering) if layer.type == "Conv2D" else layer
+                  for layer in base.layers[:6]]
+        return jaxcnn.Sequential([*layers, jaxcnn.layers.Flatten(), jaxcnn.layers.Dense(10, activation="softmax")],
+                                 input_shape=(8, 8, 3))
+
     x = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype(np.float32)
     y = np.arange(4, dtype=np.int32)
-    results = []
-    for m in (model, auto):
-        compiled = jaxcnn.compile(m, {"name": "sgd", "learning_rate": 0.01})
-        state, metrics = compiled.train_step(compiled.init(0), (x, y))
-        results.append((float(metrics.loss), jax.tree.leaves(state.params)))
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-    for a, b in zip(results[0][1], results[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    results, convolutions = {}, {}
+    for lowering in ("conv", "patches", "auto"):
+        compiled = jaxcnn.compile(model(lowering), {"name": "sgd", "learning_rate": 0.01})
+        state = compiled.init(0)
+        convolutions[lowering] = compiled.train_step.lower(state, (x, y)).as_text().count("convolution(")
+        state, metrics = compiled.train_step(state, (x, y))
+        results[lowering] = (float(metrics.loss), jax.tree.leaves(state.params))
+    assert convolutions["conv"] > 0 and convolutions["patches"] == 0
+    if jax.default_backend() == "cpu":
+        assert convolutions["auto"] == 0
+    for lowering in ("patches", "auto"):
+        assert results[lowering][0] == pytest.approx(results["conv"][0], rel=1e-5)
+        for a, b in zip(results[lowering][1], results["conv"][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_on_a_mesh_every_automatic_convolution_is_lax_conv():
     # experiments/xla_spmd_patches_repro.py: the patches lowering's gradient came out wrong from XLA's
     # SPMD partitioner on 8 CPU devices; traced for a mesh, the rule falls back to lax.conv.
-    from jaxcnn.lowerings import choose_conv, partitioned
+    mesh = LoweringContext("cpu", partitioned=True)
+    assert lowerings.choose_conv((2, 2), CPU, batch=64, train=True) == "patches"
+    assert lowerings.choose_conv((2, 2), mesh, batch=64, train=True) == "conv"
+    assert lowerings.choose_conv((32, 32), mesh, batch=1) == "conv"
+    # a model compiled for a mesh of several devices is built in that context, on one device not
+    from jaxcnn.parallel import Layout
 
-    assert choose_conv((2, 2), "cpu", batch=64, train=True) == "patches"
-    with partitioned():
-        assert choose_conv((2, 2), "cpu", batch=64, train=True) == "conv"
-        assert choose_conv((32, 32), "cpu", batch=1) == "conv"
-    assert choose_conv((2, 2), "cpu", batch=64, train=True) == "patches"
+    model = jaxcnn.Sequential([Conv2D(2, 3, input_shape=(8, 8, 1)), jaxcnn.layers.Flatten(), jaxcnn.layers.Dense(2)])
+    assert jaxcnn.compile(model, layout=Layout.abstract(2)).module.lowering.partitioned
+    assert not jaxcnn.compile(model, layout=Layout.abstract(1)).module.lowering.partitioned
+    assert not jaxcnn.compile(model).module.lowering.partitioned

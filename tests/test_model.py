@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 import jaxcnn
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
-from conftest import CONFIGS
+from conftest import CONFIGS, ROOT
 from jaxcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 
 
@@ -78,3 +84,34 @@ def test_model_is_a_value():
     assert a == jaxcnn.Sequential([Dense(2)], name="m", input_shape=(3,))
     assert a != jaxcnn.Sequential([Dense(2)], name="other", input_shape=(3,))
     assert "Dense(" in repr(a)
+
+
+SHAPE_QUERIES = textwrap.dedent("""
+    import json, sys
+    from jax._src import xla_bridge
+    import jaxcnn
+    from jaxcnn.layers import AveragePooling2D, BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
+    model = jaxcnn.Sequential([Conv2D(4, 3, input_shape=(8, 8, 1)), BatchNormalization(), MaxPooling2D(),
+                               AveragePooling2D(1), Flatten(), Dense(3)])
+    started = {}
+    for name, query in [("count_params", model.count_params), ("plan", model.plan), ("to_toml", model.to_toml),
+                        ("load", lambda: jaxcnn.load(sys.argv[1]).count_params()),
+                        ("check", model.check), ("summary", lambda: model.summary(print_fn=None, columns=["lowering"]))]:
+        query()
+        started[name] = xla_bridge.backends_are_initialized()
+    jaxcnn.xla_flags.enable_fast_cpu()  # raises once JAX has started its backends
+    print(json.dumps(started))
+""")
+
+
+@pytest.mark.slow
+def test_shape_queries_start_no_backend_and_leave_the_fast_cpu_flags_possible():
+    """count_params, plan, to_toml, load, check and summary in a fresh process never start JAX's
+    backends (on a GPU host that would take its memory), so enable_fast_cpu() still works after them."""
+    env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "JAXCNN_XLA_FAST_CPU")}
+    result = subprocess.run([sys.executable, "-c", SHAPE_QUERIES, str(CONFIGS / "vgg11_32.toml")], cwd=ROOT,
+                            env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    started = json.loads(result.stdout.strip().splitlines()[-1])
+    assert started == {"count_params": False, "plan": False, "to_toml": False, "load": False, "check": False,
+                       "summary": False}

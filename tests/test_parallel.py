@@ -32,7 +32,7 @@ from conftest import CONFIGS, ROOT
 
 # 5e-5 (absolute, on parameters of order 0.01 to 0.1, after 3 steps): eight devices sum a gradient in
 # another order than one device does (a float32 all-reduce), and on a mesh every convolution is
-# lax.conv where one CPU device may use the patches lowering (jaxcnn.lowerings.partitioned). Measured:
+# lax.conv where one CPU device may use the patches lowering (LoweringContext.partitioned). Measured:
 # 1.1e-5 with Adam (lr 1e-3) on the seed CIFAR CNN, 3.7e-8 with SGD on the tiny model.
 TOLERANCE = 5e-5
 
@@ -140,6 +140,40 @@ def test_fsdp_shards_vgg16s_large_kernels_and_their_optimizer_state():
     data = sharding_report(state, Layout.abstract(8, "data"))
     assert {r["sharding"] for r in data["parameters"]} == {"replicated"}
     assert data["totals"]["state_bytes_per_device"] == total
+
+
+def test_the_sharding_report_matches_optimizer_state_by_tree_path_and_counts_batch_statistics():
+    """Conv2D(8) -> BatchNormalization -> Dense(8): six parameters and both batch statistics of shape
+    (8,), so matching by shape would lose the statistics. Every figure is counted by hand (float32)."""
+    from jaxcnn.layers import BatchNormalization, Conv2D, Dense
+    from jaxcnn.model import Sequential
+
+    model = Sequential([Conv2D(8, 3, padding="same", input_shape=(4, 4, 1)), BatchNormalization(), Dense(8)])
+    state = compile(model, {"name": "adam"}).abstract_state()
+    # params: conv2d kernel 3*3*1*8 = 72, bias 8; batch_normalization scale 8, bias 8; dense kernel
+    # 8*8 = 64, bias 8: 168 floats, 672 bytes. Adam: mu and nu of each (1,344 bytes) and an int32 count.
+    # other: batch statistics mean 8 + var 8 (64 bytes), Adam's count 4, the step 4, the key uint32[2] 8.
+    data = sharding_report(state, Layout.abstract(2, "data"), [layer.name for layer in model.layers])
+    assert [(r["name"], r["param_bytes_per_device"], r["optimizer_bytes_per_device"]) for r in data["parameters"]] == [
+        ("conv2d/bias", 32, 64), ("conv2d/kernel", 288, 576), ("batch_normalization/bias", 32, 64),
+        ("batch_normalization/scale", 32, 64), ("dense/bias", 32, 64), ("dense/kernel", 256, 512)]
+    assert data["totals"] == {"param_bytes_per_device": 672, "optimizer_bytes_per_device": 1344,
+                              "other_state_bytes_per_device": 64 + 4 + 4 + 8,
+                              "state_bytes_per_device": 672 + 1344 + 80, "state_bytes_unsharded": 672 + 1344 + 80}
+    # FSDP over 2 devices for leaves of at least 64 elements: the conv2d kernel (72) split on its
+    # filters (36 floats, 144 bytes a device), the dense kernel (64) on its first axis (128 bytes).
+    fsdp = sharding_report(state, Layout.abstract(2, "fsdp", fsdp_min_params=64))
+    rows = {r["name"]: r for r in fsdp["parameters"]}
+    assert (rows["conv2d/kernel"]["param_bytes_per_device"], rows["conv2d/kernel"]["optimizer_bytes_per_device"]) == (
+        144, 288)
+    assert (rows["dense/kernel"]["param_bytes_per_device"], rows["dense/kernel"]["optimizer_bytes_per_device"]) == (
+        128, 256)
+    small = 4 * 8 * 4  # the four (8,) parameters, replicated
+    assert fsdp["totals"] == {"param_bytes_per_device": 144 + 128 + small,
+                              "optimizer_bytes_per_device": 2 * (144 + 128 + small),
+                              "other_state_bytes_per_device": 80,
+                              "state_bytes_per_device": 3 * (144 + 128 + small) + 80,
+                              "state_bytes_unsharded": 672 + 1344 + 80}
 
 
 def test_summary_shows_each_parameters_sharding_and_bytes_per_device():
