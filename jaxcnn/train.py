@@ -333,9 +333,8 @@ class CompiledModel:
             if self.layout is None:
                 jitted = jax.jit(self._layer_arrays)
             else:
-                layout = self.layout
-                arrays = _partitioned(self._layer_arrays) if layout.size > 1 else self._layer_arrays
-                jitted = jax.jit(arrays, in_shardings=(layout.state_shardings(self.abstract_state()),
+                layout = self.layout  # self.module has the mesh's lowerings (__post_init__)
+                jitted = jax.jit(self._layer_arrays, in_shardings=(layout.state_shardings(self.abstract_state()),
                                                        layout.batch_sharding()), out_shardings=layout.replicated)
             object.__setattr__(self, "_layer_arrays_jitted", jitted)
         arrays = jax.device_get(self.__dict__["_layer_arrays_jitted"](state, tuple(batch)))
