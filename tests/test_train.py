@@ -3,7 +3,11 @@ batch statistics, optimizers, bfloat16 compute, the non-finite guard."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import pathlib
+import re
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +18,7 @@ import pytest
 import jaxcnn
 from jaxcnn.errors import ConfigError
 from jaxcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
-from jaxcnn.optimizers import from_config
+from jaxcnn.optimizers import OPTIMIZERS, from_config, schedule_from_config
 from jaxcnn.train import Metrics, compile, params_sha256
 
 
@@ -241,14 +245,6 @@ def test_several_unrolled_steps_per_call_equal_single_steps():
 # ---------------------------------------------------------------------------------------------
 # Optimizers, schedules and bfloat16 (issue 11): each option is seen in the update it produces,
 # each argument's type is checked against the optax signature, bfloat16 is seen in the HLO.
-
-import inspect  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import tomllib  # noqa: E402
-
-from jaxcnn.optimizers import OPTIMIZERS, schedule_from_config  # noqa: E402
 
 GRADS = {"w": jnp.array([3.0, -4.0]), "b": jnp.array([0.5])}  # global norm sqrt(9 + 16 + 0.25)
 PARAMS = {"w": jnp.array([1.0, 2.0]), "b": jnp.array([-1.0])}
