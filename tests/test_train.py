@@ -396,3 +396,23 @@ def test_bfloat16_is_the_type_of_every_matmul_and_convolution_and_parameters_sta
         arguments = main_signature(text)
         assert "f32" in arguments and "bf16" not in arguments  # parameters, optimizer state and images
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_predict_and_unrolled_steps_compile_once_per_shape(caplog):
+    """README: steps are jitted once per batch shape; predict_batched runs fixed-size batches (no new
+    compilation however many images)."""
+    compiled = compile(small_model(), "adam")
+    state = compiled.init(0)
+    x, y = data(32)
+    stacked = (x.reshape(4, 8, 8, 8, 1), y.reshape(4, 8), np.ones((4, 8), np.float32))
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles():
+        for seed in range(4):
+            images = np.random.default_rng(seed).normal(size=(8, 8, 8, 1)).astype(np.float32)
+            compiled.predict(state, images)
+            state, _ = compiled.train_steps(state, stacked)
+        for count in (8, 13, 16, 30):  # fixed batches of 8, the last padded
+            compiled.predict_batched(state, x[:count], batch_size=8)
+    assert compilations(caplog, "_predict") == 1
+    assert compilations(caplog, "_train_steps") == 1
+    assert int(state.step) == 16
