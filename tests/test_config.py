@@ -409,9 +409,19 @@ def test_section_types_checked():
 
 
 def test_sections_can_be_extended(monkeypatch):
-    monkeypatch.setitem(config.SECTIONS, "train", dict)
-    doc = {**tomllib.loads(CIFAR_TOML), "train": {"epochs": 3}}
-    assert config.from_dict(doc).name == "cifar_cnn"
+    """A section added to SECTIONS is accepted (and ignored by from_dict) where it was refused before,
+    and its declared type is enforced."""
+    doc = {**tomllib.loads(CIFAR_TOML), "augment": {"flip": True}}
+    with pytest.raises(ConfigError, match=r"key `augment`: unknown top-level section"):
+        config.from_dict(doc)
+    monkeypatch.setitem(config.SECTIONS, "augment", dict)
+    assert config.from_dict(doc) == config.from_dict(tomllib.loads(CIFAR_TOML))
+    with pytest.raises(ConfigError, match=r"key `augment`: must be a table, written \[augment\], got an array"):
+        config.from_dict({**doc, "augment": [{"flip": True}]})
+    monkeypatch.setitem(config.SECTIONS, "augment", list)
+    assert config.from_dict({**doc, "augment": [{"flip": True}]}).name == "cifar_cnn"
+    with pytest.raises(ConfigError, match=r"key `augment`: must be an array of tables, written \[\[augment\]\], got a table"):
+        config.from_dict(doc)
 
 
 def test_missing_or_unknown_type(tmp_path):

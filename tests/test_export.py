@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -200,3 +202,20 @@ def test_export_and_predict_commands(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["export", str(trained["config"]), "--checkpoint", "x", "--out", "y", "--platforms", "metal"])
     assert info.value.code == 2
+
+
+def test_an_exported_model_compiles_once_however_often_it_predicts(trained, caplog):
+    """README: the exported forward pass runs in fixed-size jitted batches; repeated calls (any number
+    of images of at least one batch, or the same small batch again) never compile again."""
+    artifact = load_artifact(trained["tmp"] / "model.jaxcnn")
+    images = trained["test"].images
+    caplog.set_level(logging.WARNING)
+
+    def compilations(count):
+        caplog.clear()
+        artifact.predict(images[:count], batch_size=32)
+        return sum(r.getMessage().startswith("Compiling ") for r in caplog.records)
+
+    with jax.log_compiles():
+        assert [compilations(count) for count in (37, 32, 64, 100, 37)] == [1, 0, 0, 0, 0]
+        assert [compilations(3) for _ in range(3)][1:] == [0, 0]

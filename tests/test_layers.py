@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +43,65 @@ def test_arguments_are_normalized_and_specs_are_frozen():
         Conv2D(8, 3).filters = 4  # type: ignore[misc]
 
 
-def test_keras_activation_names_are_known():
-    for name in ["relu", "sigmoid", "tanh", "softmax", "linear", "elu", "selu", "gelu", "swish", "silu",
-                 "softplus", "softsign", "leaky_relu", "relu6", "hard_sigmoid", "exponential", "mish"]:
-        Activation(name)
-    x = jnp.array([-1.0, 0.0, 2.0])
-    np.testing.assert_allclose(ACTIVATIONS["leaky_relu"](x), [-0.2, 0.0, 2.0])  # Keras 3's slope
-    np.testing.assert_allclose(ACTIVATIONS["gelu"](x), jax.nn.gelu(x, approximate=False))
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _relu6(x):
+    return np.minimum(np.maximum(x, 0.0), 6.0)
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)  # log(1 + exp(x)), without overflow
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # Keras's documented constants
+
+# Keras 3's documented definitions (keras.activations), written in NumPy float64 independently of jax.nn
+KERAS_ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": _relu6,
+    "sigmoid": _sigmoid,
+    "hard_sigmoid": lambda x: _relu6(x + 3.0) / 6.0,  # Keras 3 (Keras 2 had 0.2 * x + 0.5)
+    "tanh": np.tanh,
+    "softmax": _softmax,
+    "log_softmax": lambda x: np.log(_softmax(x)),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),  # alpha = 1
+    "selu": lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
+    "gelu": lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),  # approximate=False
+    "silu": lambda x: x * _sigmoid(x),
+    "hard_silu": lambda x: x * _relu6(x + 3.0) / 6.0,
+    "softplus": _softplus,
+    "softsign": lambda x: x / (np.abs(x) + 1.0),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.2 * x),  # Keras 3's negative_slope = 0.2
+    "exponential": np.exp,
+    "mish": lambda x: x * np.tanh(_softplus(x)),
+}
+# negatives, the kinks of relu6/hard_sigmoid/hard_silu at -3, 0, 3 and 6, and large values
+GRID = np.concatenate([np.linspace(-8.0, 8.0, 33), [-80.0, -30.0, -3.5, -3.0, -1e-3, 1e-3, 3.0, 6.0, 6.5, 30.0, 60.0]])
+
+
+def test_every_keras_activation_name_is_known():
+    assert set(ACTIVATIONS) == set(KERAS_ACTIVATIONS)
+    for name in KERAS_ACTIVATIONS:
+        assert Activation(name).activation == (None if name == "linear" else name)
+    assert Activation("swish").activation == "silu" and Activation("hard_swish").activation == "hard_silu"
+    assert Activation("none").activation is None
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_ACTIVATIONS))
+def test_each_activation_computes_the_keras_formula(name):
+    x = GRID.reshape(2, -1)  # softmax and log_softmax over the last axis
+    got = np.asarray(ACTIVATIONS[name](jnp.asarray(x, jnp.float32)), np.float64)
+    expected = KERAS_ACTIVATIONS[name](x)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize(

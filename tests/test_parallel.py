@@ -129,17 +129,66 @@ def test_fsdp_shards_vgg16s_large_kernels_and_their_optimizer_state():
     dense = rows["dense/kernel"]
     assert dense["shape"] == [25088, 4096] and 25088 * 4096 == 102_760_448
     assert dense["sharding"] == "P(data, None)"
-    assert dense["param_bytes_per_device"] == 102_760_448 * 4 // 8
-    assert dense["optimizer_bytes_per_device"] == 2 * 102_760_448 * 4 // 8  # Adam's two moments
+    assert dense["param_bytes_per_device"] == 51_380_224  # 25088 / 8 = 3136 rows of 4096 float32
+    assert dense["optimizer_bytes_per_device"] == 2 * 51_380_224  # Adam's two moments
     assert rows["conv2d/kernel"]["sharding"] == "replicated"  # 1,728 parameters: below fsdp_min_params
     assert [r["name"] for r in report["parameters"]][:2] == ["conv2d/kernel", "conv2d/bias"] or \
         [r["name"] for r in report["parameters"]][:2] == ["conv2d/bias", "conv2d/kernel"]
-    total = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
-    assert report["totals"]["state_bytes_unsharded"] == total
-    assert report["totals"]["state_bytes_per_device"] < total / 5
+    # By hand: the nine kernels of at least 2**20 parameters are split 8 ways, the rest of Keras's
+    # 138,357,544 parameters (1,747,752: the small kernels and every bias) are replicated.
+    split = [name for name, row in rows.items() if row["sharding"] != "replicated"]
+    assert sorted(split) == sorted(["conv2d_7/kernel", "conv2d_8/kernel", "conv2d_9/kernel", "conv2d_10/kernel",
+                                    "conv2d_11/kernel", "conv2d_12/kernel", "dense/kernel", "dense_1/kernel",
+                                    "dense_2/kernel"])
+    sharded = 3 * 3 * 256 * 512 + 5 * 3 * 3 * 512 * 512 + 25088 * 4096 + 4096 * 4096 + 4096 * 1000
+    assert sharded == 136_609_792
+    per_device = (sharded // 8 + 138_357_544 - sharded) * 4  # float32 bytes: 75,295,904
+    scalars = 4 + 8 + 4  # the step (int32), the PRNG key (2 x uint32), Adam's count (int32)
+    assert report["totals"] == {
+        "param_bytes_per_device": per_device, "optimizer_bytes_per_device": 2 * per_device,
+        "other_state_bytes_per_device": scalars, "state_bytes_per_device": 3 * per_device + scalars,
+        "state_bytes_unsharded": 3 * 138_357_544 * 4 + scalars}
     data = sharding_report(state, Layout.abstract(8, "data"))
     assert {r["sharding"] for r in data["parameters"]} == {"replicated"}
-    assert data["totals"]["state_bytes_per_device"] == total
+    assert data["totals"]["state_bytes_per_device"] == 3 * 138_357_544 * 4 + scalars
+
+
+SHARDS = """
+import json, jax
+import jaxcnn
+from jaxcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from jaxcnn.parallel import Layout, MeshConfig, sharding_report
+
+model = jaxcnn.Sequential([Conv2D(8, 3, padding="same", input_shape=(8, 8, 1)), MaxPooling2D(), Flatten(),
+                           Dense(16), Dense(10, activation="softmax")])
+layout = Layout.create(MeshConfig("fsdp", fsdp_min_params=64))
+compiled = jaxcnn.compile(model, "adam", layout=layout)
+state = compiled.init(0)
+device = jax.devices()[0]
+def held(tree):  # the bytes device 0 really holds of a tree's arrays
+    return sum(s.data.nbytes for leaf in jax.tree.leaves(tree) for s in leaf.addressable_shards if s.device == device)
+print(json.dumps({
+    "report": sharding_report(compiled.abstract_state(), layout)["totals"],
+    "params": held(state.params), "optimizer": held(state.opt_state),
+    "other": held((state.batch_stats, state.step, state.rng)),
+    "whole": sum(leaf.nbytes for leaf in jax.tree.leaves(state)),
+    "kernel_shards": {name: [list(s.data.shape) for s in v["kernel"].addressable_shards][:1]
+                      for name, v in state.params.items()},
+}))
+"""
+
+
+def test_the_fsdp_report_gives_the_bytes_the_real_shards_hold():
+    result = json.loads(python(SHARDS, 8).strip().splitlines()[-1])
+    # the kernels of at least 64 parameters are split 8 ways along their largest dimension 8 divides
+    assert result["kernel_shards"] == {"conv2d": [[3, 3, 1, 1]], "dense": [[16, 16]], "dense_1": [[2, 10]]}
+    totals = result["report"]
+    assert totals["param_bytes_per_device"] == result["params"] == (9 + 256 + 20 + 8 + 16 + 10) * 4
+    assert totals["optimizer_bytes_per_device"] + totals["other_state_bytes_per_device"] \
+        == result["optimizer"] + result["other"]
+    assert totals["optimizer_bytes_per_device"] == 2 * result["params"]  # Adam's two moments
+    assert totals["state_bytes_per_device"] == result["params"] + result["optimizer"] + result["other"]
+    assert totals["state_bytes_unsharded"] == result["whole"]
 
 
 def test_the_sharding_report_matches_optimizer_state_by_tree_path_and_counts_batch_statistics():

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 
+import jax
+import jax.numpy as jnp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,9 +88,42 @@ def test_formulas_equal_eval_shape_for_valid_layer_lists(model):
         assert tuple(proof.output.shape[1:]) == proof.plan.output_shape
         for collection, shapes in proof.plan.param_shapes.items():
             assert {k: v.shape for k, v in proof.variables[collection].items()} == shapes
-    # the count from the formulas against the count of the variables eval_shape created
-    traced = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(result.variables))
-    assert model.count_params() == traced
+    trainable, non_trainable = counted_by_init(model)
+    assert (trainable, non_trainable) == keras_counts(model, result)
+    assert model.count_params() == result.total_params == model.summarize().total_params == trainable + non_trainable
+    assert (model.trainable_params(), model.non_trainable_params()) == (trainable, non_trainable)
+    assert (result.trainable_params, result.non_trainable_params) == (trainable, non_trainable)
+    summary = model.summarize()
+    assert (summary.trainable_params, summary.non_trainable_params) == (trainable, non_trainable)
+
+
+def counted_by_init(model):
+    """(trainable, non-trainable) parameters: the leaves of jax.eval_shape of the real Flax init."""
+    images = jax.ShapeDtypeStruct((2, *model.input_shape), jnp.float32)
+    variables = jax.eval_shape(model.module().init, jax.random.PRNGKey(0), images)
+    assert set(variables) <= {"params", "batch_stats"}
+
+    def size(tree):
+        return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+    return size(variables.get("params", {})), size(variables.get("batch_stats", {}))
+
+
+def keras_counts(model, result):
+    """(trainable, non-trainable) by Keras's per-layer formulas, each layer's input channels taken from
+    the eval_shape output of the layer before it (not from jaxcnn's formulas)."""
+    trainable = non_trainable = 0
+    channels = model.input_shape[-1]
+    for layer, proof in zip(model.layers, result.layers):
+        if isinstance(layer, Conv2D):  # kernel kh*kw*cin*filters, bias filters
+            trainable += math.prod(layer.kernel_size) * channels * layer.filters + layer.filters * layer.use_bias
+        elif isinstance(layer, Dense):  # kernel din*units, bias units
+            trainable += channels * layer.units + layer.units * layer.use_bias
+        elif isinstance(layer, BatchNormalization):  # gamma and beta trained; moving mean and variance not
+            trainable += channels * (layer.scale + layer.center)
+            non_trainable += 2 * channels
+        channels = proof.output.shape[-1]
+    return trainable, non_trainable
 
 
 # Mutations that make one layer impossible, and the index of the layer they make impossible.

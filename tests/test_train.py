@@ -3,7 +3,11 @@ batch statistics, optimizers, bfloat16 compute, the non-finite guard."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import pathlib
+import re
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +18,7 @@ import pytest
 import jaxcnn
 from jaxcnn.errors import ConfigError
 from jaxcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
-from jaxcnn.optimizers import from_config
+from jaxcnn.optimizers import OPTIMIZERS, from_config, schedule_from_config
 from jaxcnn.train import Metrics, compile, params_sha256
 
 
@@ -140,21 +144,11 @@ def test_optimizers_and_schedules_from_config_train(config):
     assert float(compiled.eval_step(state, (x, y)).compute()["loss"]) < first
 
 
-def test_schedules_have_the_stated_values():
-    lr = from_config({"name": "sgd", "learning_rate": 0.1,
-                      "schedule": {"name": "piecewise", "boundaries": [10], "scales": [0.5]}})
-    state = lr.init({"w": jnp.ones(())})
-    updates, _ = lr.update({"w": jnp.ones(())}, state)
-    assert float(updates["w"]) == pytest.approx(-0.1)
-    warm = optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 6)
-    assert float(warm(1)) == pytest.approx(0.05)
-
-
 @pytest.mark.parametrize("config, message", [
     ("adamm", r"unknown optimizer 'adamm'; did you mean 'adam'\? known: sgd, adam"),
-    ({"name": "sgd", "momentom": 0.9}, r"key `optimizer.momentom`: unknown argument of optimizer 'sgd' 'momentom'; did you mean 'momentum'\?"),
-    ({"name": "sgd", "nesterov": 1}, r"`nesterov` \(=1\) must be true or false"),
-    ({"name": "adam", "learning_rate": "fast"}, r"`learning_rate` \(='fast'\) must be a number"),
+    ({"name": "sgd", "momentom": 0.9}, r"key `train\.optimizer\.momentom`: unknown argument of optimizer 'sgd' 'momentom'; did you mean 'momentum'\?"),
+    ({"name": "sgd", "nesterov": 1}, r"key `train\.optimizer\.nesterov`: must be true or false, got an integer \(1\)"),
+    ({"name": "adam", "learning_rate": "fast"}, r"key `train\.optimizer\.learning_rate`: must be a finite number, got a string \('fast'\)"),
     ({"name": "adam", "schedule": {"name": "cosine"}}, r"schedule 'cosine' needs `decay_steps`"),
     ({"name": "adam", "schedule": {"name": "linear"}}, r"unknown schedule 'linear'"),
     ({"name": "adam", "schedule": {"name": "cosine", "warmup": 3}}, r"unknown argument of schedule 'cosine' 'warmup'"),
@@ -246,3 +240,179 @@ def test_several_unrolled_steps_per_call_equal_single_steps():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), many.params, one.params)
     assert float(total.count) == 29.0
     np.testing.assert_allclose(float(total.loss), sum(float(m.loss) for m in sums), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers, schedules and bfloat16 (issue 11): each option is seen in the update it produces,
+# each argument's type is checked against the optax signature, bfloat16 is seen in the HLO.
+
+GRADS = {"w": jnp.array([3.0, -4.0]), "b": jnp.array([0.5])}  # global norm sqrt(9 + 16 + 0.25)
+PARAMS = {"w": jnp.array([1.0, 2.0]), "b": jnp.array([-1.0])}
+
+
+def updates(transformation, steps=3):
+    """The updates of ``steps`` steps on the fixed gradient GRADS at parameters PARAMS."""
+    state = transformation.init(PARAMS)
+    out = []
+    for _ in range(steps):
+        update, state = transformation.update(GRADS, state, PARAMS)
+        out.append(np.concatenate([np.asarray(update["b"]), np.asarray(update["w"])]))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("config, with_option, without", [
+    ({"name": "sgd", "learning_rate": 0.1, "weight_decay": 0.5},
+     optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.1)), optax.sgd(0.1)),
+    ({"name": "adamw", "learning_rate": 0.1, "weight_decay": 0.5},
+     optax.adamw(0.1, weight_decay=0.5), optax.adamw(0.1)),  # adamw's own, not its default 1e-4
+    ({"name": "sgd", "learning_rate": 0.1, "clip_norm": 1.0},
+     optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)), optax.sgd(0.1)),
+    ({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True},
+     optax.sgd(0.1, momentum=0.9, nesterov=True), optax.sgd(0.1, momentum=0.9)),
+    ({"name": "sgd", "learning_rate": 0.1, "schedule": {"name": "piecewise", "boundaries": [1, 2], "scales": [0.5, 0.1]}},
+     optax.sgd(optax.piecewise_constant_schedule(0.1, {1: 0.5, 2: 0.1})), optax.sgd(0.1)),
+    ({"name": "rmsprop", "learning_rate": 0.1, "momentum": 0.9},
+     optax.rmsprop(0.1, momentum=0.9), optax.rmsprop(0.1)),
+    ({"name": "sgd", "learning_rate": 0.1, "schedule": {"name": "exponential", "decay_rate": 0.5, "transition_steps": 1}},
+     optax.sgd(optax.exponential_decay(0.1, 1, 0.5)), optax.sgd(0.1)),
+], ids=["weight_decay-added", "weight_decay-own", "clip_norm", "nesterov", "scales", "momentum", "exponential"])
+def test_each_option_changes_the_update_as_optax_does(config, with_option, without):
+    got = updates(from_config(config))
+    np.testing.assert_allclose(got, updates(with_option), rtol=1e-6)
+    assert not np.allclose(got, updates(without), rtol=1e-3)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"name": "sgd", "momentum": "0.9"}, r"key `train\.optimizer\.momentum`: must be a finite number, got a string \('0\.9'\)"),
+    ({"name": "adam", "b1": True}, r"key `train\.optimizer\.b1`: must be a finite number, got a boolean \(True\)"),
+    ({"name": "rmsprop", "centered": "yes"}, r"key `train\.optimizer\.centered`: must be true or false, got a string \('yes'\)"),
+    ({"name": "adafactor", "min_dim_size_to_factor": 1.5}, r"key `train\.optimizer\.min_dim_size_to_factor`: must be an integer, got a float \(1\.5\)"),
+    ({"name": "adam", "mu_dtype": "bfloat17"}, r"key `train\.optimizer\.mu_dtype`: must be a dtype name"),
+    ({"name": "lars", "trust_ratio_mask": "all"}, r"key `train\.optimizer\.trust_ratio_mask`: must be true or false \(a mask tree or function cannot be written in a config\), got a string"),
+    ({"name": "sgd", "clip_norm": "1"}, r"key `train\.optimizer\.clip_norm`: must be a finite number, got a string \('1'\)"),
+    ({"name": "sgd", "clip_norm": 0.0}, r"key `train\.optimizer\.clip_norm`: must be positive, got a float \(0\.0\)"),
+    ({"name": "sgd", "weight_decay": "1e-4"}, r"key `train\.optimizer\.weight_decay`: must be a finite number, got a string"),
+    ({"name": "sgd", "schedule": "cosine"}, r"key `train\.optimizer\.schedule`: must be a table \(\[train\.optimizer\.schedule\]\), got a string"),
+    ({"name": "sgd", "schedule": {"name": "exponential", "staircase": "false"}},
+     r"key `train\.optimizer\.schedule\.staircase`: must be true or false, got a string \('false'\)"),
+    ({"name": "sgd", "schedule": {"name": "exponential", "transition_steps": 0}},
+     r"key `train\.optimizer\.schedule\.transition_steps`: must be positive, got an integer \(0\)"),
+    ({"name": "sgd", "schedule": {"name": "warmup_cosine", "warmup_steps": 2.0}},
+     r"key `train\.optimizer\.schedule\.warmup_steps`: must be an integer, got a float \(2\.0\)"),
+    ({"name": "sgd", "schedule": {"name": "cosine", "alpha": "0"}},
+     r"key `train\.optimizer\.schedule\.alpha`: must be a finite number, got a string \('0'\)"),
+    ({"name": "sgd", "schedule": {"name": "piecewise", "boundaries": [2], "scales": ["0.1"]}},
+     r"key `train\.optimizer\.schedule\.scales`: must be a finite number, got a string \('0\.1'\)"),
+    ({"name": "sgd", "schedule": {"name": "piecewise", "boundaries": [4, 2], "scales": [0.1, 0.1]}},
+     r"key `train\.optimizer\.schedule\.boundaries`: must be strictly increasing step numbers, got \[4, 2\]"),
+    ({"name": "sgd", "schedule": {"name": "piecewise", "boundaries": [2], "scales": []}},
+     r"key `train\.optimizer\.schedule`: `boundaries` \(1 steps\) and `scales` \(0 factors\) must be lists of the same length"),
+    ({"name": "sgd", "schedule": {"name": 3}}, r"key `train\.optimizer\.schedule\.name`: unknown schedule '3'"),
+])
+def test_argument_types_are_checked_against_the_optax_signature(config, message):
+    with pytest.raises(ConfigError, match=message):
+        from_config(config, total_steps=20)
+
+
+def settable_defaults():
+    """(optimizer, argument, optax's default) for every number, integer or boolean argument."""
+    for name in OPTIMIZERS:
+        for key, parameter in inspect.signature(getattr(optax, name)).parameters.items():
+            default = parameter.default
+            if key != "learning_rate" and type(default) in (bool, int, float):
+                yield name, key, default
+
+
+@pytest.mark.parametrize("name, key, default", list(settable_defaults()))
+def test_every_optimizer_argument_takes_its_optax_default_from_a_config(name, key, default):
+    expected = getattr(optax, name)(learning_rate=0.1, **{key: default})
+    got = from_config({"name": name, "learning_rate": 0.1, key: default})
+    np.testing.assert_allclose(updates(got, steps=2), updates(expected, steps=2), rtol=1e-6)
+
+
+def test_a_warmup_longer_than_the_run_says_how_to_fix_it():
+    config = {"name": "adam", "schedule": {"name": "warmup_cosine", "warmup_steps": 40}}
+    with pytest.raises(ConfigError, match=r"^key `train\.optimizer\.schedule`: warmup_steps \(=40\) must be smaller "
+                                          r"than the run's 20 steps: lower warmup_steps or use warmup_fraction"):
+        from_config(config, total_steps=20)
+    with pytest.raises(ConfigError, match=r"warmup_steps \(=40\) must be smaller than `decay_steps` \(=40\)"):
+        from_config({"name": "adam", "schedule": {**config["schedule"], "decay_steps": 40}})
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ({"name": "cosine", "decay_steps": 0}, r"key `train\.optimizer\.schedule`: the schedule needs at least 1 decay step"),
+    ({"name": "warmup_cosine", "warmup_fraction": 1.0}, r"key `train\.optimizer\.schedule\.warmup_fraction`: must be a fraction of the schedule in \[0, 1\), got a float \(1\.0\)"),
+    ({"name": "warmup_cosine", "warmup_fraction": "0.1"}, r"key `train\.optimizer\.schedule\.warmup_fraction`: must be a finite number, got a string"),
+    ({"name": "warmup_cosine", "warmup_fraction": 0.1, "warmup_steps": 2}, r"key `train\.optimizer\.schedule`: give either warmup_steps or warmup_fraction, not both"),
+    ({"name": "warmup_cosine", "warmup_steps": -1}, r"key `train\.optimizer\.schedule\.warmup_steps`: must not be negative"),
+    ({"name": "cosine", "warmup_fraction": 0.1}, r"unknown argument of schedule 'cosine' 'warmup_fraction'"),
+])
+def test_a_schedule_that_cannot_fit_is_refused_under_its_key(schedule, message):
+    with pytest.raises(ConfigError, match=message):
+        schedule_from_config(schedule, 0.1, total_steps=20)
+
+
+def schedule_values(schedule, steps):
+    return np.array([float(schedule(step)) for step in range(steps + 1)])
+
+
+@pytest.mark.parametrize("total_steps, warmup", [(8, 2), (20, 5), (3, 0), (1, 0)])
+def test_warmup_fraction_is_a_share_of_the_run_rounded_down(total_steps, warmup):
+    got = schedule_from_config({"name": "warmup_cosine", "warmup_fraction": 0.25}, 0.1, total_steps=total_steps)
+    expected = optax.warmup_cosine_decay_schedule(0.0, 0.1, warmup, total_steps)
+    np.testing.assert_allclose(schedule_values(got, total_steps), schedule_values(expected, total_steps), atol=1e-7)
+
+
+def test_the_main_jobs_schedule_fits_any_epoch_count_and_keeps_its_30_epoch_warmup():
+    path = pathlib.Path(__file__).parent.parent / "configs" / "digits_cnn.toml"
+    table = tomllib.loads(path.read_text())["train"]["optimizer"]
+    steps_per_epoch = 20  # 1,258 training examples in batches of 64
+    for epochs in (1, 2, 3, 30, 100):
+        from_config(table, total_steps=epochs * steps_per_epoch)
+    # at its default 30 epochs (600 steps), 40 warmup steps as when the config said warmup_steps = 40
+    lr = schedule_from_config(table["schedule"], table["learning_rate"], total_steps=600)
+    expected = optax.warmup_cosine_decay_schedule(0.0, table["learning_rate"], 40, 600)
+    np.testing.assert_allclose(schedule_values(lr, 600), schedule_values(expected, 600), atol=1e-9)
+
+
+def hlo_ops(text, op):
+    """The result element types of every ``op`` (dot_general, convolution) in StableHLO ``text``."""
+    return re.findall(rf"stablehlo\.{op} .*-> tensor<[0-9x]*x(\w+)>", text)
+
+
+def main_signature(text):
+    return re.search(r"func\.func public @main\((.*?)\) ->", text).group(1)
+
+
+@pytest.mark.parametrize("precision, compute", [("bfloat16", "bf16"), ("float32", "f32")])
+def test_bfloat16_is_the_type_of_every_matmul_and_convolution_and_parameters_stay_float32(precision, compute):
+    compiled = compile(small_model(), "adam", precision=precision)
+    state = compiled.init(0)
+    x, y = data(16)
+    for text in (compiled.train_step.lower(state, (x, y, np.ones(16, np.float32))).as_text(),
+                 compiled.predict.lower(state, x).as_text()):
+        products = hlo_ops(text, "dot_general") + hlo_ops(text, "convolution")
+        assert products and set(products) == {compute}, products
+        arguments = main_signature(text)
+        assert "f32" in arguments and "bf16" not in arguments  # parameters, optimizer state and images
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_predict_and_unrolled_steps_compile_once_per_shape(caplog):
+    """README: steps are jitted once per batch shape; predict_batched runs fixed-size batches (no new
+    compilation however many images)."""
+    compiled = compile(small_model(), "adam")
+    state = compiled.init(0)
+    x, y = data(32)
+    stacked = (x.reshape(4, 8, 8, 8, 1), y.reshape(4, 8), np.ones((4, 8), np.float32))
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles():
+        for seed in range(4):
+            images = np.random.default_rng(seed).normal(size=(8, 8, 8, 1)).astype(np.float32)
+            compiled.predict(state, images)
+            state, _ = compiled.train_steps(state, stacked)
+        for count in (8, 13, 16, 30):  # fixed batches of 8, the last padded
+            compiled.predict_batched(state, x[:count], batch_size=8)
+    assert compilations(caplog, "_predict") == 1
+    assert compilations(caplog, "_train_steps") == 1
+    assert int(state.step) == 16
