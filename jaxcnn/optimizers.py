@@ -245,20 +245,7 @@ def from_config(config: str | Mapping[str, Any], *, total_steps: int | None = No
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ConfigError(_unknown("optimizer", str(name), OPTIMIZERS), key=f"{_KEY}.name")
     kwargs = _optimizer_arguments(name, table)
-    learning_rate = _checked(f"{_KEY}.learning_rate", table.get("learning_rate", 0.01 if name == "sgd" else 0.001),
-                             "number")
-    lr: Any = learning_rate
-    if "schedule" in table:
-        if not isinstance(table["schedule"], Mapping):
-            raise ConfigError(f"must be a table ([train.optimizer.schedule]), got {describe_value(table['schedule'])}",
-                              key=_SCHEDULE_KEY)
-        try:
-            lr = schedule_from_config(table["schedule"], learning_rate, total_steps=total_steps)
-        except (ValueError, TypeError) as error:
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError(f"optax refused the schedule {dict(table['schedule'])} (the run has "
-                              f"{total_steps} steps): {error}", key=_SCHEDULE_KEY) from None
+    lr = learning_rate_schedule(table, total_steps=total_steps)
     chain = []
     if "clip_norm" in table:
         chain.append(optax.clip_by_global_norm(_positive(f"{_KEY}.clip_norm", table["clip_norm"])))
@@ -277,12 +264,20 @@ def from_config(config: str | Mapping[str, Any], *, total_steps: int | None = No
 
 
 def learning_rate_schedule(config: str | Mapping[str, Any], *, total_steps: int | None = None) -> Any:
-    """The learning rate :func:`from_config` gives the optimizer: a number, or the schedule (a
-    function of the step) for a run of ``total_steps`` steps."""
-    optimizer = from_config(config, total_steps=total_steps)  # validates the whole table
-    del optimizer
+    """The learning rate of an optimizer config (as :func:`from_config` reads it): a number, or the
+    schedule (a function of the step) for a run of ``total_steps`` steps."""
     table = {"name": config} if isinstance(config, str) else dict(config)
-    learning_rate = table.get("learning_rate", 0.01 if table["name"] == "sgd" else 0.001)
+    learning_rate = _checked(f"{_KEY}.learning_rate",
+                             table.get("learning_rate", 0.01 if table.get("name") == "sgd" else 0.001), "number")
     if "schedule" not in table:
         return learning_rate
-    return schedule_from_config(table["schedule"], learning_rate, total_steps=total_steps)
+    if not isinstance(table["schedule"], Mapping):
+        raise ConfigError(f"must be a table ([train.optimizer.schedule]), got {describe_value(table['schedule'])}",
+                          key=_SCHEDULE_KEY)
+    try:
+        return schedule_from_config(table["schedule"], learning_rate, total_steps=total_steps)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"optax refused the schedule {dict(table['schedule'])} (the run has "
+                          f"{total_steps} steps): {error}", key=_SCHEDULE_KEY) from None
