@@ -52,7 +52,7 @@ from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError
 from jaxcnn.files import atomic_path, write_atomic
-from jaxcnn.train import CompiledModel, Metrics, TrainState, compile, params_sha256
+from jaxcnn.train import CompiledModel, Metrics, TrainState, class_labels, compile, params_sha256
 
 __all__ = ["TrainConfig", "train_and_evaluate"]
 
@@ -208,11 +208,7 @@ def train_and_evaluate(
         doc.get("data", {}), input_shape=model.input_shape, seed=config.seed, source=source)
     if len(train) == 0:
         raise ConfigError("the training split is empty", source=source, key="data")
-    if config.loss == "sparse_categorical_crossentropy" and model.output_shape != (train.num_classes,):
-        raise ConfigError(
-            f"the model's output {model.output_shape} does not fit the data's {train.num_classes} classes: "
-            f"the last layer should be Dense({train.num_classes}, activation=\"softmax\")",
-            source=source, key="layers")
+    to_labels = class_labels(config.loss, model, train.num_classes, source=source)  # e.g. one-hot
     steps_per_epoch = data_lib.num_batches(len(train), config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     try:
@@ -251,7 +247,8 @@ def train_and_evaluate(
 
     def on_devices(batches: Any) -> Any:
         """Host batches padded to the global batch (masked) and laid out over the mesh."""
-        padded = (parallel.pad_batch(batch, global_batch) for batch in batches)
+        padded = (parallel.pad_batch(batch._replace(labels=to_labels(batch.labels)), global_batch)
+                  for batch in batches)
         return data_lib.prefetch_to_device(padded, put=layout.put_batch)
 
     def batches_of(dataset: data_lib.Dataset) -> Any:

@@ -203,7 +203,7 @@ def _check_head(loss: str, model: Sequential) -> None:
     hidden = getattr(model.layers[before], "activation", None)
     if before < index and hidden in ("softmax", "sigmoid"):
         raise _layer_error(model, before, (
-            f"{loss} takes the {hidden} as the model's last layer, but layer {index} "
+            f"{loss} needs the {hidden} to be the model's last layer, but layer {index} "
             f"'{model.layers[index].name}' ({model.layers[index].type}) follows it: put the {hidden} last"))
     if activation not in (None, "softmax", "sigmoid"):
         raise _layer_error(model, index, (
@@ -278,7 +278,10 @@ def class_labels(loss: str, model: Sequential, num_classes: int, *,
       ConfigError: the model's output does not fit ``num_classes`` classes under ``loss``, or
         ``loss`` is mean_squared_error (a regression loss, not for class labels).
     """
-    name = _loss_name(loss)
+    try:
+        name = _loss_name(loss)
+    except ConfigError as error:
+        raise ConfigError(error.detail, source=source, key="train.loss") from None
     out = model.output_shape
     if name == "mean_squared_error":
         raise ConfigError(f"{loss} is a regression loss, and the data are class labels: use "
