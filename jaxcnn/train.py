@@ -16,34 +16,37 @@ output before its activation, ``p`` the model's output (after it), ``C`` the siz
 
     loss, by last activation         softmax             sigmoid             linear (none)       other
     sparse_categorical_crossentropy  S: from z           refused             S: z are logits     refused
-    categorical_crossentropy         C: from z           refused             C: z are logits     refused
+    categorical_crossentropy         O: from z           refused             O: z are logits     refused
     binary_crossentropy              B: Keras on p       L: from z           L: z are logits     refused
     mean_squared_error               M                   M                   M                   M
 
     S  -log_softmax(z)[y]; labels (batch, *out[:-1]), integer class indices 0..C-1
-    C  -sum(y * log_softmax(z)); labels (batch, *out), one-hot (or probabilities)
+    O  -sum(y * log_softmax(z)); labels (batch, *out), one-hot (or probabilities)
     B  -mean(y log p' + (1 - y) log(1 - p')), p' = clip(p, eps, 1 - eps): Keras's own formula
     L  -mean(y log sigmoid(z) + (1 - y) log sigmoid(-z))
        B and L: labels (batch, *out) in [0, 1], or (batch, *out[:-1]) when C == 1
     M  mean((p - y) ** 2); labels as B and L; means over the last axis, as Keras
 
-Also refused: a categorical loss on a 1-unit output (one class: the loss is always 0), a
+A categorical loss on a sigmoid head is refused: Keras on JAX rescales the sigmoid outputs to sum to
+1, Keras on TensorFlow takes a softmax of their logits, and neither is what independent yes/no
+outputs mean. Also refused: a categorical loss on a 1-unit output (one class: the loss is always 0), a
 crossentropy on a softmax over 1 unit (its output is always 1.0), and a crossentropy after a
 softmax/sigmoid that is not the last layer (a ``Dropout`` or ``Flatten`` after it). Each
 crossentropy is averaged over every axis but the batch, as Keras's ``sum_over_batch_size``.
 
-Keras 3 (``from_logits=False``, its default) computes these losses from the probabilities ``p``,
-clipped to ``[eps, 1 - eps]`` (``keras.src.backend.jax.nn``). Where the head is softmax or sigmoid
-and the loss its own crossentropy, jaxcnn computes the same quantity from ``z`` (``log_softmax``,
-``log_sigmoid``): the value is Keras's wherever Keras's clipping does not bite (the probability of
-every term in ``[1e-7, 1 - 1e-7]``), and beyond that it stays the true crossentropy with a nonzero
-gradient where Keras's JAX backend caps the loss at ``-log(1e-7) = 16.1`` with a zero gradient
-(Keras's TensorFlow backend takes the logits there, as jaxcnn does). Binary crossentropy on a
-softmax has no logits form: it is Keras's formula on ``p``, clipping included (0.6365 on
-``z = [0, 0, 0]``, ``y = [1, 0, 0]``: ``mean(-log(1/3), -log(2/3), -log(2/3))``). A linear head is
-read as logits, as Keras's ``from_logits=True``: Keras's string losses would take its outputs for
-probabilities (negative ones are clipped to 1e-7), which no one intends; ``predict`` returns such a
-model's raw outputs.
+Keras 3 on JAX (``from_logits=False``, its default) computes these losses from the probabilities
+``p``, clipped to ``[eps, 1 - eps]`` (``keras/src/backend/jax/nn.py``). Where the head is softmax
+or sigmoid and the loss its own crossentropy, jaxcnn computes the same quantity from ``z``
+(``log_softmax``, ``log_sigmoid``): the value is Keras's wherever Keras's clipping does not bite
+(every probability in the loss within ``[1e-7, 1 - 1e-7]``); beyond that it stays the true
+crossentropy with a nonzero gradient, where Keras on JAX caps the loss at ``-log(1e-7) = 16.1``
+with a zero gradient (Keras on TensorFlow keeps a softmax/sigmoid output's logits,
+``_keras_logits``, and takes them there, as jaxcnn does). Binary crossentropy on a softmax has no
+logits form: it is Keras's formula on ``p``, clipping included: 0.6365 on ``z = [0, 0, 0]``,
+``y = [1, 0, 0]`` (``mean(-log(1/3), -log(2/3), -log(2/3))``; Keras on TensorFlow, which feeds the
+kept softmax logits to a sigmoid here, gives 0.693). A linear head is read as logits, as Keras's
+``from_logits=True``: Keras's string losses would take its outputs for probabilities (negative
+ones clipped to 1e-7), which no one means; ``predict`` returns such a model's raw outputs.
 
 The fit loop (:func:`class_labels`) turns a data set's integer class labels into the loss's form:
 as they are for sparse_categorical_crossentropy, one-hot for categorical_crossentropy (and for
@@ -304,7 +307,7 @@ def class_labels(loss: str, model: Sequential, num_classes: int, *,
 
 def _signature(arrays: Sequence[Any]) -> tuple[Any, ...]:
     """What decides a check's outcome, the values aside: each array's kind, shape and dtype."""
-    return tuple((type(a), np.shape(a), getattr(a, "dtype", None)) for a in arrays)
+    return tuple((type(a), getattr(a, "shape", None), getattr(a, "dtype", None)) for a in arrays)
 
 
 class _Checked:

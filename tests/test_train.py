@@ -1,5 +1,7 @@
 """Training steps: compiled once per batch shape, losses from logits, exact metrics, dropout keys,
-batch statistics, optimizers, bfloat16 compute, the non-finite guard."""
+batch statistics, optimizers, bfloat16 compute, the non-finite guard; each loss on each head against
+Keras's figures, pairs and metrics refused at compile, labels in the fit loop, arrays checked where
+they enter."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import pytest
 
 import jaxcnn
 from jaxcnn.errors import ConfigError, InputError
+from jaxcnn.fit import train_and_evaluate
 from jaxcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from jaxcnn.optimizers import from_config
-from jaxcnn.train import Metrics, compile, params_sha256
+from jaxcnn.train import Metrics, class_labels, compile, params_sha256
+
+from test_fit import write_config
 
 
 def small_model(**dense):
@@ -62,6 +67,8 @@ def test_the_state_is_donated_to_the_training_step():
 
 
 def test_loss_is_computed_from_logits_and_stays_finite_where_the_naive_form_overflows():
+    """The logits path (train.py's table, S): beyond Keras's clipping (p < 1e-7) it keeps the true
+    crossentropy, 2e4 here, where Keras on JAX reports -log(1e-7) = 16.12 with a zero gradient."""
     model = jaxcnn.Sequential([Dense(3, activation="softmax", input_shape=(2,))])
     compiled = compile(model, "sgd")
     state = compiled.init(0)
@@ -306,24 +313,24 @@ def test_binary_accuracy_thresholds_the_probabilities_as_keras():
 
 @pytest.mark.parametrize("layers, loss, message", [
     ([Dense(3, activation="sigmoid", input_shape=(2,))], "sparse_categorical_crossentropy",
-     r"^layer 0 'dense' \(Dense\): key `loss`: sparse_categorical_crossentropy needs one distribution over "
-     r"the classes .* not sigmoid's independent probabilities"),
+     (r"^layer 0 'dense' \(Dense\): key `loss`: sparse_categorical_crossentropy needs one distribution over "
+      r"the classes .* not sigmoid's independent probabilities")),
     ([Dense(3, activation="sigmoid", input_shape=(2,))], "categorical_crossentropy",
      r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs one distribution"),
     ([Dense(1, input_shape=(2,))], "categorical_crossentropy",
-     r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs at least 2 classes, but the "
-     r"output has 1 unit"),
+     (r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs at least 2 classes, but the "
+      r"output has 1 unit")),
     ([Dense(1, activation="sigmoid", input_shape=(2,))], "sparse_categorical_crossentropy",
      r"needs at least 2 classes"),
     ([Dense(1, activation="softmax", input_shape=(2,))], "binary_crossentropy",
      r"^layer 0 'dense' \(Dense\): key `loss`: a softmax over 1 unit always outputs 1.0"),
     ([Dense(3, activation="relu", input_shape=(2,))], "binary_crossentropy",
-     r"^layer 0 'dense' \(Dense\): key `loss`: binary_crossentropy needs the last layer to end in softmax or "
-     r"sigmoid \(probabilities\) or in no activation \(logits\), not 'relu'"),
+     (r"^layer 0 'dense' \(Dense\): key `loss`: binary_crossentropy needs the last layer to end in softmax or "
+      r"sigmoid \(probabilities\) or in no activation \(logits\), not 'relu'")),
     ([Dense(3, activation="tanh", input_shape=(2,))], "sparse_categorical_crossentropy", r"not 'tanh'"),
     ([Dense(3, activation="softmax", input_shape=(2,)), Dropout(0.5)], "categorical_crossentropy",
-     r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs the softmax to be the model's "
-     r"last layer, but layer 1 'dropout' \(Dropout\) follows it"),
+     (r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs the softmax to be the model's "
+      r"last layer, but layer 1 'dropout' \(Dropout\) follows it")),
 ])
 def test_a_loss_the_head_cannot_feed_is_refused_at_compile_naming_the_layer(layers, loss, message):
     with pytest.raises(ConfigError, match=message):
@@ -373,9 +380,6 @@ def test_only_the_metrics_that_apply_are_reported():
 def test_the_fit_loop_gives_a_categorical_loss_one_hot_labels(tmp_path):
     """``loss = "categorical_crossentropy"`` in ``jaxcnn train``: the data's integer labels are
     one-hot encoded, so the run is the sparse run (the same loss, by another route)."""
-    from test_fit import write_config
-    from jaxcnn.fit import train_and_evaluate
-
     runs = {}
     for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
         config = write_config(tmp_path, name=f"{loss}.toml", epochs=1)
@@ -387,8 +391,6 @@ def test_the_fit_loop_gives_a_categorical_loss_one_hot_labels(tmp_path):
 
 
 def test_class_labels_in_the_form_each_loss_takes():
-    from jaxcnn.train import class_labels
-
     softmax = jaxcnn.Sequential([Dense(3, activation="softmax", input_shape=(2,))])
     labels = np.array([2, 0], np.int32)
     np.testing.assert_array_equal(class_labels("sparse_categorical_crossentropy", softmax, 3)(labels), labels)
