@@ -193,8 +193,13 @@ def test_other_losses():
     binary = jaxcnn.Sequential([Flatten(input_shape=(8, 8, 1)), Dense(1, activation="sigmoid")])
     compiled = compile(binary, "adam", loss="binary_crossentropy")
     state = compiled.init(0)
-    metrics = compiled.eval_step(state, (x, (y > 4).astype(np.float32))).compute()
-    assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
+    yes = (y > 4).astype(np.float32)
+    first = compiled.eval_step(state, (x, yes)).compute()
+    for _ in range(5):
+        state, _ = compiled.train_step(state, (x, yes))
+    assert compiled.eval_step(state, (x, yes)).compute()["loss"] < first["loss"]
+    p = np.asarray(compiled.predict(state, x))[:, 0]  # binary accuracy: p > 0.5 is the label
+    assert compiled.eval_step(state, (x, yes)).compute()["accuracy"] == pytest.approx(np.mean((p > 0.5) == yes))
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
