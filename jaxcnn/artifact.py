@@ -39,26 +39,27 @@ _BACKEND_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "rocm": "rocm
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def batched(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int) -> np.ndarray:
-    """``fn`` over ``images`` in fixed-size batches, the last padded with zeros and cut off again.
+def batched(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int, *,
+            multiple: int = 1) -> np.ndarray:
+    """``fn`` over ``images`` ``(N, ...)`` in batches of one shape, the padding cut off again.
 
-    Batches are ``batch_size`` images; fewer images than that go in one batch of the next power of
-    two, so at most ``log2(batch_size) + 1`` shapes are ever compiled, and results do not depend on
-    the batch size (each image is computed alone along the batch axis).
+    Every batch holds ``batch_size`` images, rounded up to a multiple of ``multiple`` (the device
+    count of a mesh the batch is split over); the last, and a call with fewer images, are padded
+    with zero images. So ``fn`` compiles once for a given ``batch_size``, whatever ``N``
+    (``N = 0`` runs one batch of padding, for the outputs' shape); the price is a full batch's work
+    for a few images: give a small ``batch_size`` where single-image latency matters. Results do
+    not depend on the padding (each image is computed alone along the batch axis).
     """
     if batch_size < 1:
         raise ExportError(f"batch_size (={batch_size}) must be positive")
-    n = len(images)
-    size = batch_size if n >= batch_size else 1 << max(n - 1, 0).bit_length()
+    size = -(-batch_size // multiple) * multiple
     outputs = []
-    for start in range(0, n, size):
+    for start in range(0, max(len(images), 1), size):
         chunk = images[start:start + size]
         real = len(chunk)
         if real < size:
             chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)])
         outputs.append((fn(chunk), real))  # dispatched asynchronously: read back below
-    if not outputs:
-        return np.zeros((0,), np.float32)
     return np.concatenate([np.asarray(y)[:real] for y, real in outputs])
 
 

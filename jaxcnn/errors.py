@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "NonFiniteError",
     "ExportError",
+    "InputError",
 ]
 
 
@@ -129,3 +130,9 @@ class NonFiniteError(JaxcnnError):
 class ExportError(JaxcnnError):
     """An exported model file cannot be used: truncated, from another jaxcnn version, lowered for
     other platforms, or given inputs of the wrong shape."""
+
+
+class InputError(JaxcnnError, ValueError):
+    """Arrays given to a training step, an evaluation step or ``predict`` do not fit the model or its
+    loss: images of another shape than ``(batch, *input_shape)``, labels of another shape or dtype
+    than the loss takes, class labels outside the model's classes."""

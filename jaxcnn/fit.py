@@ -71,7 +71,7 @@ from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError
 from jaxcnn.files import atomic_path, write_atomic
 from jaxcnn.model import Sequential
-from jaxcnn.train import CompiledModel, Metrics, TrainState, compile, params_sha256
+from jaxcnn.train import CompiledModel, Metrics, TrainState, class_labels, compile, params_sha256
 
 __all__ = ["Every", "Progress", "TrainConfig", "train_and_evaluate"]
 
@@ -212,6 +212,7 @@ class _Run:
     test: data_lib.Dataset
     preprocessing: data_lib.Preprocessing
     compiled: CompiledModel
+    to_labels: Callable[[Any], Any]  # the data's class indices in the form the loss takes
     steps_per_epoch: int
     settings: dict[str, Any]
     lead: bool  # the process that writes files and prints
@@ -227,7 +228,8 @@ class _Run:
 
     def on_devices(self, batches: Iterator[data_lib.Batch]) -> Iterator[Any]:
         """Host batches padded to the global batch (masked) and laid out over the mesh."""
-        padded = (parallel.pad_batch(batch, self.global_batch) for batch in batches)
+        padded = (parallel.pad_batch(batch._replace(labels=self.to_labels(batch.labels)), self.global_batch)
+                  for batch in batches)
         return data_lib.prefetch_to_device(padded, put=self.layout.put_batch)
 
     def train_batches(self, epoch: int, start: int) -> Iterator[Any]:
@@ -275,11 +277,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
             f"(={config.early_stopping_patience}) needs a validation split to monitor {config.monitor}, and "
             "this run has none: set data.validation above 0, or early_stopping_patience = 0",
             source=source, key="train.early_stopping_patience")
-    if config.loss == "sparse_categorical_crossentropy" and model.output_shape != (train.num_classes,):
-        raise ConfigError(
-            f"the model's output {model.output_shape} does not fit the data's {train.num_classes} classes: "
-            f"the last layer should be Dense({train.num_classes}, activation=\"softmax\")",
-            source=source, key="layers")
+    to_labels = class_labels(config.loss, model, train.num_classes, source=source)  # e.g. one-hot
     steps_per_epoch = data_lib.num_batches(len(train), config.batch_size)
     try:
         compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
@@ -290,7 +288,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
     settings = {"train": config.settings(), "data": {**data_lib.DATA_DEFAULTS, **data_table}}
     return _Run(source=source, workdir=workdir, model=model, config=config, mesh=mesh_config,
                 layout=layout, global_batch=global_batch, train=train, val=val, test=test,
-                preprocessing=preprocessing, compiled=compiled, steps_per_epoch=steps_per_epoch,
+                preprocessing=preprocessing, compiled=compiled, to_labels=to_labels, steps_per_epoch=steps_per_epoch,
                 settings=settings, lead=jax.process_index() == 0)
 
 

@@ -7,9 +7,65 @@ replaced, never mutated, and donated to the training step. A batch is ``(images,
 real examples, ``0.0`` for padding) lets the last, partial batch of an epoch be padded to the full
 batch size, so it runs the same compiled program and its metrics are still exact.
 
-Where the model ends in softmax (or sigmoid) and the loss is a crossentropy, the loss is computed
-from the logits (``log_softmax``), so it stays finite where ``log(softmax(x))`` overflows; the
-model's outputs (``predict``) are still the probabilities.
+Losses, output heads and labels
+-------------------------------
+The loss is checked against the model's last layer at :func:`compile`; a pair that makes no sense
+is refused there, naming the layer (index, name, type) and the loss. ``z`` is the last layer's
+output before its activation, ``p`` the model's output (after it), ``C`` the size of its last axis
+(the classes), ``out`` the model's output shape, ``eps = 1e-7`` (``keras.backend.epsilon()``)::
+
+    loss, by last activation         softmax             sigmoid             linear (none)       other
+    sparse_categorical_crossentropy  S: from z           refused             S: z are logits     refused
+    categorical_crossentropy         O: from z           refused             O: z are logits     refused
+    binary_crossentropy              B: Keras on p       L: from z           L: z are logits     refused
+    mean_squared_error               M                   M                   M                   M
+
+    S  -log_softmax(z)[y]; labels (batch, *out[:-1]), integer class indices 0..C-1
+    O  -sum(y * log_softmax(z)); labels (batch, *out), one-hot (or probabilities)
+    B  -mean(y log p' + (1 - y) log(1 - p')), p' = clip(p, eps, 1 - eps): Keras's own formula
+    L  -mean(y log sigmoid(z) + (1 - y) log sigmoid(-z))
+       B and L: labels (batch, *out) in [0, 1], or (batch, *out[:-1]) when C == 1
+    M  mean((p - y) ** 2); labels as B and L; means over the last axis, as Keras
+
+A categorical loss on a sigmoid head is refused: Keras on JAX rescales the sigmoid outputs to sum to
+1, Keras on TensorFlow takes a softmax of their logits, and neither is what independent yes/no
+outputs mean. Also refused: a categorical loss on a 1-unit output (one class: the loss is always 0), a
+crossentropy on a softmax over 1 unit (its output is always 1.0), and a crossentropy after a
+softmax/sigmoid that is not the last layer (a ``Dropout`` or ``Flatten`` after it). Each
+crossentropy is averaged over every axis but the batch, as Keras's ``sum_over_batch_size``.
+
+Keras 3 on JAX (``from_logits=False``, its default) computes these losses from the probabilities
+``p``, clipped to ``[eps, 1 - eps]`` (``keras/src/backend/jax/nn.py``). Where the head is softmax
+or sigmoid and the loss its own crossentropy, jaxcnn computes the same quantity from ``z``
+(``log_softmax``, ``log_sigmoid``): the value is Keras's wherever Keras's clipping does not bite
+(every probability in the loss within ``[1e-7, 1 - 1e-7]``); beyond that it stays the true
+crossentropy with a nonzero gradient, where Keras on JAX caps the loss at ``-log(1e-7) = 16.1``
+with a zero gradient (Keras on TensorFlow keeps a softmax/sigmoid output's logits,
+``_keras_logits``, and takes them there, as jaxcnn does). Binary crossentropy on a softmax has no
+logits form: it is Keras's formula on ``p``, clipping included: 0.6365 on ``z = [0, 0, 0]``,
+``y = [1, 0, 0]`` (``mean(-log(1/3), -log(2/3), -log(2/3))``; Keras on TensorFlow, which feeds the
+kept softmax logits to a sigmoid here, gives 0.693). A linear head is read as logits, as Keras's
+``from_logits=True``: Keras's string losses would take its outputs for probabilities (negative
+ones clipped to 1e-7), which no one means; ``predict`` returns such a model's raw outputs.
+
+The fit loop (:func:`class_labels`) turns a data set's integer class labels into the loss's form:
+as they are for sparse_categorical_crossentropy, one-hot for categorical_crossentropy (and for
+binary_crossentropy on a ``C``-unit output), ``(batch, 1)`` floats for binary_crossentropy on a
+1-unit output over 2 classes; mean_squared_error (a regression loss) is refused on class labels.
+
+Metrics: ``accuracy`` (top-1: the argmax for the categorical losses, ``p > 0.5`` against the label
+for binary crossentropy, as Keras's ``binary_accuracy``) and ``top<k>_accuracy`` for the
+categorical losses with ``k`` below the class count. Metrics that cannot apply are refused at
+:func:`compile` (accuracy or top-k under mean_squared_error, top-k under binary crossentropy, or
+with ``k >= C``), and not reported: a default top-5 is dropped on 5 classes or fewer.
+
+Arrays are checked where they enter (``train_step``, ``train_steps``, ``eval_step``, ``predict``),
+outside the jitted code, once per shape and dtype: images must be ``(batch, *input_shape)``, labels
+of the loss's shape and form, ``mask`` ``(batch,)``, and on a layout the batch must divide over its
+devices; an :class:`~jaxcnn.errors.InputError` names the expected shape. The label *range* is
+checked for host (NumPy) labels at every call, on the host; labels already on the device are not
+read back (that would wait for the device at every step): an out-of-range class there gives a
+non-finite loss, which the non-finite guard refuses to apply, and counts as wrong in the accuracies.
 """
 
 from __future__ import annotations
@@ -27,7 +83,7 @@ import optax
 
 from jaxcnn.flax_module import SequentialModule
 from jaxcnn.lowerings import LoweringContext
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, InputError
 from jaxcnn.model import Sequential
 
 __all__ = [
@@ -35,6 +91,7 @@ __all__ = [
     "CompiledModel",
     "Metrics",
     "TrainState",
+    "class_labels",
     "compile",
     "params_sha256",
 ]
@@ -42,6 +99,8 @@ __all__ = [
 LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
           "mean_squared_error")
 _LOSS_ALIASES = {"mse": "mean_squared_error", "crossentropy": "sparse_categorical_crossentropy"}
+_CATEGORICAL = ("sparse_categorical_crossentropy", "categorical_crossentropy")
+_EPSILON = 1e-7  # keras.backend.epsilon(): Keras clips probabilities to [eps, 1 - eps]
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -61,7 +120,8 @@ class TrainState(flax.struct.PyTreeNode):
 class Metrics(flax.struct.PyTreeNode):
     """Sums over examples, so that batches of any size (and padded ones) merge exactly.
 
-    ``compute()`` gives the means: ``loss``, ``accuracy``, ``top{k}_accuracy``.
+    ``compute()`` gives the means: ``loss``, and the metrics that apply to the loss: ``accuracy``
+    (when ``accuracy``) and ``top{k}_accuracy`` (when ``k`` is not 0).
     """
 
     count: jax.Array
@@ -69,24 +129,26 @@ class Metrics(flax.struct.PyTreeNode):
     correct: jax.Array  # top-1
     top_k_correct: jax.Array
     nonfinite: jax.Array  # steps whose loss or gradients were not finite (training only)
-    k: int = flax.struct.field(pytree_node=False, default=5)
+    k: int = flax.struct.field(pytree_node=False, default=5)  # 0: no top-k accuracy
+    accuracy: bool = flax.struct.field(pytree_node=False, default=True)  # False: a regression loss
 
     def merge(self, other: Metrics) -> Metrics:
         return jax.tree.map(jnp.add, self, other)
 
     def compute(self) -> dict[str, float]:
         count = max(float(self.count), 1.0)
-        return {
-            "loss": float(self.loss) / count,
-            "accuracy": float(self.correct) / count,
-            f"top{self.k}_accuracy": float(self.top_k_correct) / count,
-            "examples": int(self.count),
-        }
+        means = {"loss": float(self.loss) / count}
+        if self.accuracy:
+            means["accuracy"] = float(self.correct) / count
+        if self.k:
+            means[f"top{self.k}_accuracy"] = float(self.top_k_correct) / count
+        return {**means, "examples": int(self.count)}
 
     @classmethod
-    def empty(cls, k: int = 5) -> Metrics:
+    def empty(cls, k: int = 5, accuracy: bool = True) -> Metrics:
         zero = jnp.zeros((), jnp.float32)
-        return cls(count=zero, loss=zero, correct=zero, top_k_correct=zero, nonfinite=zero, k=k)
+        return cls(count=zero, loss=zero, correct=zero, top_k_correct=zero, nonfinite=zero, k=k,
+                   accuracy=accuracy)
 
 
 def params_sha256(params: Any) -> str:
@@ -115,20 +177,163 @@ def _loss_name(loss: str) -> str:
     return name
 
 
-def _metric_k(metrics: Sequence[str]) -> int:
-    k = 5
+def _default_loss(model: Sequential) -> str:
+    """The loss :func:`compile` takes when none is named: the crossentropy of the model's head
+    where the head takes one, else mean squared error."""
+    activation = getattr(model.layers[-1], "activation", None)
+    loss = "binary_crossentropy" if activation == "sigmoid" else "sparse_categorical_crossentropy"
+    try:
+        _check_head(loss, model)
+    except ConfigError:
+        return "mean_squared_error"
+    return loss
+
+
+def _layer_error(model: Sequential, index: int, detail: str) -> ConfigError:
+    layer = model.layers[index]
+    return ConfigError(detail, index=index, layer_name=layer.name, layer_type=layer.type, key="loss")
+
+
+def _check_head(loss: str, model: Sequential) -> None:
+    """Refuse a crossentropy that the model's last layer cannot feed (the module's table)."""
+    if loss == "mean_squared_error":
+        return
+    index = len(model.layers) - 1
+    activation = getattr(model.layers[index], "activation", None)
+    units = model.output_shape[-1]
+    before = index
+    while before > 0 and model.layers[before].type in ("Dropout", "Flatten"):
+        before -= 1
+    hidden = getattr(model.layers[before], "activation", None)
+    if before < index and hidden in ("softmax", "sigmoid"):
+        raise _layer_error(model, before, (
+            f"{loss} needs the {hidden} to be the model's last layer, but layer {index} "
+            f"'{model.layers[index].name}' ({model.layers[index].type}) follows it: put the {hidden} last"))
+    if activation not in (None, "softmax", "sigmoid"):
+        raise _layer_error(model, index, (
+            f"{loss} needs the last layer to end in softmax or sigmoid (probabilities) or in no "
+            f"activation (logits), not {activation!r}"))
+    if loss in _CATEGORICAL and units < 2:
+        raise _layer_error(model, index, (
+            f"{loss} needs at least 2 classes, but the output has 1 unit: for a yes/no output use "
+            "binary_crossentropy with activation=\"sigmoid\""))
+    if loss in _CATEGORICAL and activation == "sigmoid":
+        raise _layer_error(model, index, (
+            f"{loss} needs one distribution over the classes (activation=\"softmax\", or no activation "
+            "for logits), not sigmoid's independent probabilities: use softmax, or binary_crossentropy"))
+    if activation == "softmax" and units == 1:
+        raise _layer_error(model, index, (
+            f"a softmax over 1 unit always outputs 1.0, so {loss} cannot train it: use "
+            "activation=\"sigmoid\" for a yes/no output"))
+
+
+def _parse_metrics(metrics: Sequence[str]) -> tuple[bool, int | None, str | None]:
+    """Whether accuracy was asked for, and the k and name of an asked top-k accuracy (or None)."""
+    accuracy, k, name = False, None, None
     for metric in metrics:
-        if metric in ("accuracy", "loss", "acc"):
+        if metric in ("accuracy", "acc"):
+            accuracy = True
+        elif metric == "loss":
             continue
-        if metric == "top_k_accuracy":
-            continue
-        if metric.startswith("top") and metric.endswith("_accuracy") and metric[3:-9].strip("_").isdigit():
-            k = int(metric[3:-9].strip("_"))
-            continue
+        elif metric == "top_k_accuracy":
+            k, name = 5, metric
+        elif metric.startswith("top") and metric.endswith("_accuracy") and metric[3:-9].strip("_").isdigit():
+            k, name = int(metric[3:-9].strip("_")), metric
+        else:
+            raise ConfigError(
+                f"unknown metric {metric!r}; known: accuracy, top_k_accuracy (k=5), top<k>_accuracy, loss",
+                key="metrics")
+    return accuracy, k, name
+
+
+def _metric_spec(metrics: Sequence[str], loss: str, classes: int) -> tuple[int, bool]:
+    """``(k, accuracy)``: the k of the reported top-k accuracy (0: none) and whether accuracy is
+    reported. Metrics asked for that cannot apply to ``loss`` on ``classes`` outputs are refused."""
+    accuracy, k, name = _parse_metrics(metrics)
+    if k is not None and k < 1:
+        raise ConfigError(f"metric {name!r}: k (={k}) must be at least 1", key="metrics")
+    if loss == "mean_squared_error":
+        if accuracy or k is not None:
+            asked = "accuracy" if accuracy else name
+            raise ConfigError(f"metric {asked!r} does not apply to mean_squared_error, a regression loss "
+                              "(no classes to be right about): remove it", key="metrics")
+        return 0, False
+    if loss == "binary_crossentropy":
+        if k is not None:
+            raise ConfigError(f"metric {name!r} ranks classes, so it needs a categorical loss, not "
+                              "binary_crossentropy (its accuracy is Keras's binary accuracy)", key="metrics")
+        return 0, True
+    if k is not None and k >= classes:
+        raise ConfigError(f"metric {name!r} needs more than {k} classes, but the model's output has {classes}: "
+                          f"every example would count as right", key="metrics")
+    default = 5 if 5 < classes else 0  # the top-5 reported unasked, where it means something
+    return (default if k is None else k), True
+
+
+def class_labels(loss: str, model: Sequential, num_classes: int, *,
+                 source: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """How the fit loop feeds a data set's integer class labels ``(batch,)`` (``0..num_classes-1``)
+    to ``loss``: a function of the labels giving them as they are (sparse_categorical_crossentropy),
+    one-hot ``(batch, num_classes)`` float32 (categorical_crossentropy, and binary_crossentropy on a
+    ``num_classes``-unit output), or ``(batch, 1)`` float32 (binary_crossentropy on a 1-unit output
+    over 2 classes).
+
+    Raises:
+      ConfigError: the model's output does not fit ``num_classes`` classes under ``loss``, or
+        ``loss`` is mean_squared_error (a regression loss, not for class labels).
+    """
+    try:
+        name = _loss_name(loss)
+    except ConfigError as error:
+        raise ConfigError(error.detail, source=source, key="train.loss") from None
+    out = model.output_shape
+    if name == "mean_squared_error":
+        raise ConfigError(f"{loss} is a regression loss, and the data are class labels: use "
+                          "sparse_categorical_crossentropy (or categorical_crossentropy)",
+                          source=source, key="train.loss")
+    if name == "binary_crossentropy" and out == (1,) and num_classes == 2:
+        return lambda labels: np.asarray(labels, np.float32).reshape(-1, 1)
+    if out != (num_classes,):
+        last = f"Dense({num_classes}, activation=\"softmax\")"
+        if name == "binary_crossentropy":
+            last = (f"Dense({num_classes}, activation=\"sigmoid\")"
+                    + (" or, for 2 classes, Dense(1, activation=\"sigmoid\")" if num_classes == 2 else ""))
         raise ConfigError(
-            f"unknown metric {metric!r}; known: accuracy, top_k_accuracy (k=5), top<k>_accuracy, loss",
-            key="metrics")
-    return k
+            f"the model's output {out} does not fit the data's {num_classes} classes: "
+            f"the last layer should be {last}", source=source, key="layers")
+    if name == "sparse_categorical_crossentropy":
+        return lambda labels: labels
+    return lambda labels: np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
+
+
+def _signature(arrays: Sequence[Any]) -> tuple[Any, ...]:
+    """What decides a check's outcome, the values aside: each array's kind, shape and dtype."""
+    return tuple((type(a), getattr(a, "shape", None), getattr(a, "dtype", None)) for a in arrays)
+
+
+class _Checked:
+    """A jitted step or ``predict`` behind a Python-side check of its arrays, run once per kind,
+    shape and dtype (``check(name, arrays)``); host labels have their range checked at every call
+    (``check_range(labels)``). Every other attribute (``lower``, ``trace``, ``_cache_size``, ...) is
+    the jitted function's."""
+
+    def __init__(self, jitted: Callable[..., Any], name: str, check: Callable[[str, tuple[Any, ...]], None],
+                 check_range: Callable[[str, np.ndarray], None] | None = None) -> None:
+        self._jitted, self._name, self._check, self._check_range = jitted, name, check, check_range
+        self._seen: set[tuple[Any, ...]] = set()
+
+    def __call__(self, state: Any, arrays: Any) -> Any:
+        given = (arrays,) if self._check_range is None else tuple(arrays)  # predict: the images alone
+        key = _signature(given)
+        if key not in self._seen:
+            self._check(self._name, given)
+            self._seen.add(key)
+        if self._check_range is not None and isinstance(given[1], np.ndarray):
+            self._check_range(self._name, given[1])
+        return self._jitted(state, arrays)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._jitted, name)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -141,7 +346,10 @@ class CompiledModel:
         :meth:`predict`).
       optimizer: the optax transformation.
       loss: one of :data:`LOSSES`.
-      head: ``"softmax"``, ``"sigmoid"`` or ``None``: the model's final activation.
+      head: ``"softmax"``, ``"sigmoid"`` or ``None``: the final activation split off the module
+        (``None``: the last layer's own output, logits for a crossentropy).
+      top_k: the k of the reported top-k accuracy; 0 where none is reported.
+      accuracy: whether accuracy is reported (not under mean_squared_error).
       precision: ``"float32"`` or ``"bfloat16"`` (compute dtype; parameters stay float32).
       on_nonfinite: ``"stop"`` or ``"skip"``: both leave the state unchanged on a non-finite step
         and count it in ``Metrics.nonfinite``; the fit loop stops on ``"stop"``.
@@ -149,6 +357,10 @@ class CompiledModel:
         the state is created and kept on its mesh (replicated, or FSDP-sharded), the batches are
         split over its ``"data"`` axis; a batch must then be laid out by ``layout.put_batch``
         (or be a host array whose size the device count divides).
+
+    ``train_step``, ``train_steps``, ``eval_step`` and ``predict`` check their arrays' shapes (and
+    host labels' range) in Python before the jitted call, once per shape and dtype (see the module's
+    docstring); their ``lower``, ``trace`` and ``_cache_size`` are the jitted functions'.
     """
 
     model: Sequential
@@ -157,6 +369,7 @@ class CompiledModel:
     loss: str
     head: str | None
     top_k: int
+    accuracy: bool = True
     precision: str = "float32"
     on_nonfinite: str = "stop"
     layout: Any = None  # a jaxcnn.parallel.Layout: jit with explicit shardings over its mesh
@@ -168,28 +381,108 @@ class CompiledModel:
 
     def __post_init__(self) -> None:
         put = lambda name, f: object.__setattr__(self, name, f)  # noqa: E731  (a frozen dataclass)
+        jitted = self._jit()
+        for name in ("train_step", "train_steps", "eval_step"):
+            put(name, _Checked(jitted[name], name, self._check_arrays, self._check_label_range))
+        put("predict", _Checked(jitted["predict"], "predict", self._check_arrays))
+        put("_init", jitted["_init"])
+
+    def _jit(self) -> dict[str, Callable[..., Any]]:
         if self.layout is None:
-            put("train_step", jax.jit(self._train_step, donate_argnums=0))
-            put("train_steps", jax.jit(self._train_steps, donate_argnums=0))
-            put("eval_step", jax.jit(self._eval_step))
-            put("predict", jax.jit(self._predict))
-            put("_init", self._init_from_key)
-            return
+            return {"train_step": jax.jit(self._train_step, donate_argnums=0),
+                    "train_steps": jax.jit(self._train_steps, donate_argnums=0),
+                    "eval_step": jax.jit(self._eval_step), "predict": jax.jit(self._predict),
+                    "_init": self._init_from_key}
         # Explicit shardings (jaxcnn.parallel): the state per its layout, batches split over "data",
         # metrics replicated. XLA's SPMD partitioner adds the collectives.
         layout = self.layout
         if layout.size > 1 and not self.module.lowering.partitioned:  # the lowerings for a mesh
-            put("module", self.module.clone(lowering=dataclasses.replace(self.module.lowering, partitioned=True)))
+            object.__setattr__(self, "module", self.module.clone(
+                lowering=dataclasses.replace(self.module.lowering, partitioned=True)))
         step, steps, evaluate, predict = self._train_step, self._train_steps, self._eval_step, self._predict
         state = layout.state_shardings(self.abstract_state())
         batch, stacked, replicated = layout.batch_sharding(), layout.batch_sharding(1), layout.replicated
-        put("train_step", jax.jit(step, in_shardings=(state, batch),
-                                  out_shardings=(state, replicated), donate_argnums=0))
-        put("train_steps", jax.jit(steps, in_shardings=(state, stacked),
-                                   out_shardings=(state, replicated), donate_argnums=0))
-        put("eval_step", jax.jit(evaluate, in_shardings=(state, batch), out_shardings=replicated))
-        put("predict", jax.jit(predict, in_shardings=(state, batch), out_shardings=batch))
-        put("_init", jax.jit(self._init_from_key, out_shardings=state))
+        return {
+            "train_step": jax.jit(step, in_shardings=(state, batch), out_shardings=(state, replicated),
+                                  donate_argnums=0),
+            "train_steps": jax.jit(steps, in_shardings=(state, stacked), out_shardings=(state, replicated),
+                                   donate_argnums=0),
+            "eval_step": jax.jit(evaluate, in_shardings=(state, batch), out_shardings=replicated),
+            "predict": jax.jit(predict, in_shardings=(state, batch), out_shardings=batch),
+            "_init": jax.jit(self._init_from_key, out_shardings=state),
+        }
+
+    # ---- the arrays that enter (checked in Python, outside jit) ------------------------------
+    def _label_shape(self, batch: int) -> tuple[int, ...]:
+        out = self.model.output_shape
+        return (batch, *out[:-1]) if self.loss == "sparse_categorical_crossentropy" else (batch, *out)
+
+    def _check_arrays(self, name: str, arrays: tuple[Any, ...]) -> None:
+        """Refuse arrays that do not fit the model and the loss, naming the expected shape.
+        ``name`` is the entry point: ``train_steps`` takes a leading axis of steps."""
+        parts = ("images",) if name == "predict" else ("images", "labels", "mask")[:len(arrays)]
+        if name != "predict" and len(arrays) not in (2, 3):
+            raise InputError(f"{name}: a batch is (images, labels) or (images, labels, mask), not "
+                             f"{len(arrays)} arrays")
+        for part, array in zip(parts, arrays):
+            if not (hasattr(array, "shape") and hasattr(array, "dtype")):
+                raise InputError(f"{name}: {part} must be an array (NumPy or jax.Array), not "
+                                 f"{type(array).__name__}")
+        lead = 2 if name == "train_steps" else 1
+        shapes = [tuple(a.shape) for a in arrays]
+        leading = shapes[0][:lead]
+        axes = "(steps, batch, " if lead == 2 else "(batch, "
+        if len(shapes[0]) != lead + len(self.model.input_shape) or shapes[0][lead:] != self.model.input_shape:
+            raise InputError(
+                f"{name}: images of shape {shapes[0]} do not fit the model's input {self.model.input_shape}: "
+                f"expected {axes}{', '.join(map(str, self.model.input_shape))})")
+        if name != "predict":
+            self._check_labels(name, arrays[1], leading)
+        if len(arrays) == 3 and shapes[2] != leading:
+            raise InputError(f"{name}: mask of shape {shapes[2]} does not fit images of shape {shapes[0]}: "
+                             f"expected {leading}")
+        if self.layout is not None and leading[-1] % self.layout.size:
+            raise InputError(
+                f"{name}: a batch of {leading[-1]} does not divide over the {self.layout.size} devices of the "
+                f"layout: pad it to a multiple of {self.layout.size} (jaxcnn.parallel.pad_batch, with a mask)")
+
+    def _check_labels(self, name: str, labels: Any, leading: tuple[int, ...]) -> None:
+        expected = (*leading, *self._label_shape(1)[1:])
+        accepted = [expected]
+        if self.loss in ("binary_crossentropy", "mean_squared_error") and expected[-1] == 1 \
+                and len(expected) > len(leading):
+            accepted.append(expected[:-1])  # (batch,) for a 1-unit output, as Keras
+        shape = tuple(labels.shape)
+        if shape not in accepted:
+            form = {"sparse_categorical_crossentropy": "integer class indices",
+                    "categorical_crossentropy": "one-hot rows"}.get(self.loss, "targets")
+            hint = ""
+            if self.loss == "categorical_crossentropy" and shape == expected[:-1]:
+                hint = ": these look like class indices, which sparse_categorical_crossentropy takes"
+            elif self.loss == "sparse_categorical_crossentropy" and shape == (*expected, self.model.output_shape[-1]):
+                hint = ": these look like one-hot rows, which categorical_crossentropy takes"
+            raise InputError(
+                f"{name}: labels of shape {shape} do not fit {self.loss} on the model's output "
+                f"{self.model.output_shape}: expected {form} of shape {expected}{hint}")
+        if self.loss == "sparse_categorical_crossentropy" and not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise InputError(f"{name}: labels of dtype {labels.dtype}: sparse_categorical_crossentropy takes "
+                             "integer class indices")
+
+    def _check_label_range(self, name: str, labels: np.ndarray) -> None:
+        """Host labels only: class indices in ``0..C-1`` (sparse), values in [0, 1] (binary)."""
+        if labels.size == 0:
+            return
+        if self.loss == "sparse_categorical_crossentropy":
+            low, high, classes = labels.min(), labels.max(), self.model.output_shape[-1]
+            if low < 0 or high >= classes:
+                bad = low if low < 0 else high
+                raise InputError(f"{name}: labels hold class {bad}, outside the model's {classes} classes "
+                                 f"0..{classes - 1}")
+        elif self.loss == "binary_crossentropy":
+            low, high = labels.min(), labels.max()
+            if low < 0 or high > 1:
+                raise InputError(f"{name}: labels hold {low if low < 0 else high}, outside [0, 1]: "
+                                 "binary_crossentropy takes 0/1 labels (or probabilities)")
 
     # ---- state ---------------------------------------------------------------------------
     def init(self, seed: int | jax.Array = 0) -> TrainState:
@@ -224,19 +517,24 @@ class CompiledModel:
         return self.module.apply(variables, images.astype(dtype)).astype(jnp.float32), batch_stats
 
     def _per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
-        """Per-example loss from the logits (the head's activation folded in where it is stable)."""
+        """The loss of each example ``(batch,)`` from the logits ``z`` (the module's output, before
+        the head): the module's table, averaged over every axis but the batch."""
         if self.loss == "sparse_categorical_crossentropy":
-            if self.head == "sigmoid":
-                raise ConfigError("sparse_categorical_crossentropy needs a softmax (or linear) output, not sigmoid")
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
-        if self.loss == "categorical_crossentropy":
-            return optax.softmax_cross_entropy(logits, labels.astype(jnp.float32))
-        if self.loss == "binary_crossentropy":
+            losses = optax.softmax_cross_entropy_with_integer_labels(
+                logits, labels.astype(jnp.int32).reshape(logits.shape[:-1]))
+        elif self.loss == "categorical_crossentropy":
+            losses = optax.softmax_cross_entropy(logits, labels.astype(jnp.float32).reshape(logits.shape))
+        elif self.loss == "binary_crossentropy":
             labels = labels.astype(jnp.float32).reshape(logits.shape)
-            return optax.sigmoid_binary_cross_entropy(logits, labels).reshape(logits.shape[0], -1).mean(-1)
-        outputs = self._activate(logits)
-        labels = labels.astype(jnp.float32).reshape(outputs.shape)
-        return jnp.square(outputs - labels).reshape(outputs.shape[0], -1).mean(-1)
+            if self.head == "softmax":  # no logits form: Keras's formula on the clipped probabilities
+                p = jnp.clip(jax.nn.softmax(logits, axis=-1), _EPSILON, 1.0 - _EPSILON)
+                losses = -(labels * jnp.log(p) + (1.0 - labels) * jnp.log(1.0 - p))
+            else:  # sigmoid, or a linear head's logits
+                losses = optax.sigmoid_binary_cross_entropy(logits, labels)
+        else:
+            outputs = self._activate(logits)
+            losses = jnp.square(outputs - labels.astype(jnp.float32).reshape(outputs.shape))
+        return losses.reshape(logits.shape[0], -1).mean(-1)
 
     def _activate(self, logits: jax.Array) -> jax.Array:
         if self.head == "softmax":
@@ -246,23 +544,26 @@ class CompiledModel:
         return logits
 
     def _metrics(self, logits: jax.Array, labels: jax.Array, losses: jax.Array, mask: jax.Array) -> Metrics:
-        if self.loss in ("sparse_categorical_crossentropy", "categorical_crossentropy") and logits.ndim == 2:
-            target = labels if self.loss == "sparse_categorical_crossentropy" else jnp.argmax(labels, -1)
-            target = target.astype(jnp.int32)
-            correct = (jnp.argmax(logits, -1) == target).astype(jnp.float32)
-            k = min(self.top_k, logits.shape[-1])
-            rank = jnp.sum(logits > jnp.take_along_axis(logits, target[:, None], -1), axis=-1)
-            top_k = (rank < k).astype(jnp.float32)
-        elif self.loss == "binary_crossentropy":
-            predicted = (logits > 0).astype(jnp.float32)
-            correct = jnp.mean(predicted.reshape(len(predicted), -1)
-                               == labels.astype(jnp.float32).reshape(len(predicted), -1), -1)
-            top_k = correct
-        else:
-            correct = top_k = jnp.zeros_like(losses)
+        batch = logits.shape[0]
+        correct = top_k = jnp.zeros_like(losses)
+        if self.loss in _CATEGORICAL:
+            if self.loss == "sparse_categorical_crossentropy":
+                target = labels.astype(jnp.int32).reshape(logits.shape[:-1])
+            else:
+                target = jnp.argmax(labels.reshape(logits.shape), -1)
+            valid = (target >= 0) & (target < logits.shape[-1])  # device labels are not range-checked
+            correct = ((jnp.argmax(logits, -1) == target) & valid).reshape(batch, -1).mean(-1)
+            if self.top_k:
+                own = jnp.take_along_axis(logits, jnp.clip(target, 0, logits.shape[-1] - 1)[..., None], -1)
+                rank = jnp.sum(logits > own, axis=-1)
+                top_k = ((rank < self.top_k) & valid).reshape(batch, -1).mean(-1)
+        elif self.loss == "binary_crossentropy":  # Keras's binary_accuracy: p > 0.5 equals the label
+            p = jax.nn.softmax(logits, axis=-1) if self.head == "softmax" else jax.nn.sigmoid(logits)
+            labels = labels.astype(jnp.float32).reshape(logits.shape)
+            correct = ((p > 0.5).astype(jnp.float32) == labels).reshape(batch, -1).mean(-1)
         return Metrics(count=jnp.sum(mask), loss=jnp.sum(losses * mask), correct=jnp.sum(correct * mask),
                        top_k_correct=jnp.sum(top_k * mask), nonfinite=jnp.zeros((), jnp.float32),
-                       k=self.top_k)
+                       k=self.top_k, accuracy=self.accuracy)
 
     @staticmethod
     def _unpack(batch: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -307,7 +608,7 @@ class CompiledModel:
         and compilation grows with ``k``. It saves the per-call dispatch, which pays only where a step is
         short next to it (small models on an accelerator); on this 2-core CPU it does not pay
         (experiments/bench_train.py), so the fit loop calls ``train_step``."""
-        total = Metrics.empty(self.top_k)
+        total = Metrics.empty(self.top_k, self.accuracy)
         for i in range(batches[0].shape[0]):
             state, metrics = self._train_step(state, tuple(b[i] for b in batches))
             total = total.merge(metrics)
@@ -378,18 +679,22 @@ class CompiledModel:
 
     def predict_batched(self, state: TrainState, images: Any, *, batch_size: int = 256,
                         output: str = "probabilities") -> np.ndarray:
-        """:meth:`predict` over any number of images ``(N, H, W, C)`` in fixed-size jitted batches
-        (the last padded: no new compilation), as probabilities or ``output="labels"`` (top-1)."""
+        """:meth:`predict` over any number of images ``(N, H, W, C)`` in jitted batches of one shape,
+        ``batch_size`` (rounded up to a multiple of the layout's device count), the last padded: one
+        compilation whatever ``N``. Returns probabilities ``(N, *output_shape)`` (a linear head's raw
+        outputs), or ``output="labels"``: the top-1 class ``(N, *output_shape[:-1])``."""
         from jaxcnn.artifact import batched
 
         if output not in ("probabilities", "labels"):
             raise ConfigError(f"output (={output!r}) must be 'probabilities' or 'labels'")
-        result = batched(lambda x: self.predict(state, x), np.asarray(images, np.float32), batch_size)
+        multiple = 1 if self.layout is None else self.layout.size
+        result = batched(lambda x: self.predict(state, x), np.asarray(images, np.float32), batch_size,
+                         multiple=multiple)
         return np.argmax(result, axis=-1) if output == "labels" else result
 
     def evaluate(self, state: TrainState, batches: Any) -> dict[str, float]:
         """Exact means of the loss and metrics over an iterable of (padded, masked) batches."""
-        total = Metrics.empty(self.top_k)
+        total = Metrics.empty(self.top_k, self.accuracy)
         for batch in batches:
             total = total.merge(self.eval_step(state, tuple(batch)))
         return total.compute()
@@ -398,8 +703,8 @@ class CompiledModel:
 def compile(  # noqa: A001  (the Keras name)
     model: Sequential,
     optimizer: optax.GradientTransformation | str | Mapping[str, Any] = "adam",
-    loss: str = "sparse_categorical_crossentropy",
-    metrics: Sequence[str] = ("accuracy",),
+    loss: str | None = None,
+    metrics: Sequence[str] = (),
     *,
     precision: str = "float32",
     on_nonfinite: str = "stop",
@@ -414,9 +719,13 @@ def compile(  # noqa: A001  (the Keras name)
       optimizer: an optax transformation, an optimizer name (``"adam"``), or a config table
         (``{"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "schedule": {...}}``; see
         :func:`jaxcnn.optimizers.from_config`).
-      loss: one of :data:`LOSSES` (or ``"mse"``).
+      loss: one of :data:`LOSSES` (or ``"mse"``), checked against the model's last layer (the
+        module's table). ``None``: the crossentropy of the model's head (sparse categorical for a
+        softmax or a linear output of several units, binary for a sigmoid), else mean squared error:
+        enough for ``predict`` and shape queries; name the loss for training.
       metrics: ``"accuracy"``, ``"top_k_accuracy"`` (k=5) or ``"top<k>_accuracy"``; the loss is
-        always reported.
+        always reported, and accuracy (and a top-5 above 5 classes) wherever it applies, asked or
+        not. A metric asked for that cannot apply to the loss is refused.
       precision: ``"float32"``, or ``"bfloat16"`` for bfloat16 compute with float32 parameters.
       on_nonfinite: ``"stop"`` or ``"skip"`` (see :class:`CompiledModel`).
       total_steps: the run's length, for learning-rate schedules that need it.
@@ -431,9 +740,12 @@ def compile(  # noqa: A001  (the Keras name)
         raise ConfigError(f"on_nonfinite (={on_nonfinite!r}) must be 'stop' or 'skip'", key="on_nonfinite")
     if not isinstance(optimizer, optax.GradientTransformation):
         optimizer = from_config(optimizer, total_steps=total_steps)
+    loss = _default_loss(model) if loss is None else _loss_name(loss)
+    _check_head(loss, model)
+    top_k, accuracy = _metric_spec(metrics, loss, model.output_shape[-1])
     specs, head = _split_head(model)
     # the lowerings for this process's backend and XLA flags (on a mesh, CompiledModel marks them partitioned)
     module = SequentialModule(specs=specs, lowering=LoweringContext.of_process())
     return CompiledModel(model=model, module=module, optimizer=optimizer,
-                         loss=_loss_name(loss), head=head, top_k=_metric_k(metrics), precision=precision,
+                         loss=loss, head=head, top_k=top_k, accuracy=accuracy, precision=precision,
                          on_nonfinite=on_nonfinite, layout=layout)

@@ -73,6 +73,76 @@ def test_padding_and_neighbours_never_change_a_prediction(trained):
     np.testing.assert_array_equal(padded, neighbours)
 
 
+def test_batched_prediction_compiles_one_shape_whatever_the_number_of_images():
+    """Every batch is ``batch_size`` images, the last (or only) one padded: one compilation for 0,
+    1, 3, 8, 9 or 37 images (powers of two for small inputs before)."""
+    import jaxcnn
+    from jaxcnn.layers import Conv2D, Dense, Flatten
+
+    model = jaxcnn.Sequential([Conv2D(2, 3, activation="relu", input_shape=(6, 6, 1)), Flatten(),
+                               Dense(4, activation="softmax")])
+    compiled = compile(model, "sgd")
+    state = compiled.init(0)
+    images = np.random.default_rng(0).normal(size=(37, 6, 6, 1)).astype(np.float32)
+    reference = np.asarray(compile(model, "sgd").predict(state, images))  # another jit cache
+    for n in (0, 1, 3, 8, 9, 37):
+        out = compiled.predict_batched(state, images[:n], batch_size=8)
+        assert out.shape == (n, 4)
+        np.testing.assert_allclose(out, reference[:n], rtol=1e-5, atol=1e-7)
+    assert compiled.predict._cache_size() == 1
+    assert compiled.predict_batched(state, images[:0], batch_size=8, output="labels").shape == (0,)
+
+
+def test_an_exported_model_compiles_once_whatever_the_number_of_images(trained):
+    artifact = load_artifact(trained["tmp"] / "model.jaxcnn")
+    images = trained["test"].images
+    for n in (1, 3, 8, 20):
+        assert artifact.predict(images[:n], batch_size=16).shape == (n, 10)
+    assert artifact.__dict__["_jitted"]._cache_size() == 1
+    for n in (1, 5):  # a batch_size of at most 8 runs the small-batch program, compiled once too
+        artifact.predict(images[:n], batch_size=4)
+    assert artifact.__dict__["_jitted_small"]._cache_size() == 1
+
+
+MESH_PREDICT = """
+import numpy as np, jax, jaxcnn
+from jaxcnn.errors import InputError
+from jaxcnn.layers import Conv2D, Dense, Flatten
+from jaxcnn.parallel import Layout, MeshConfig
+
+assert jax.device_count() == 8
+model = jaxcnn.Sequential([Conv2D(2, 3, activation="relu", input_shape=(6, 6, 1)), Flatten(),
+                           Dense(4, activation="softmax")])
+images = np.random.default_rng(0).normal(size=(13, 6, 6, 1)).astype(np.float32)
+one = jaxcnn.compile(model, "sgd")
+mesh = jaxcnn.compile(model, "sgd", layout=Layout.create(MeshConfig("data")))
+state = mesh.init(0)
+reference = np.asarray(one.predict(one.init(0), images))
+for n in (3, 5, 13):  # batch_size 6 is rounded up to 8, a multiple of the 8 devices
+    out = mesh.predict_batched(state, images[:n], batch_size=6)
+    assert np.allclose(out, reference[:n], rtol=1e-5, atol=1e-6), n
+print("compilations", mesh.predict._cache_size())
+try:
+    mesh.train_step(state, (images[:6], np.zeros(6, np.int32)))
+except InputError as error:
+    print("refused", error)
+"""
+
+
+def test_batched_prediction_on_a_mesh_pads_to_a_multiple_of_the_device_count():
+    import os
+    import textwrap
+
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(MESH_PREDICT)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "compilations 1"
+    assert lines[1] == ("refused train_step: a batch of 6 does not divide over the 8 devices of the layout: pad it to "
+                        "a multiple of 8 (jaxcnn.parallel.pad_batch, with a mask)")
+
+
 def test_export_lists_its_platforms_and_signature(trained):
     manifest = trained["manifests"][0]
     assert manifest["platforms"] == ["cpu", "cuda", "tpu"]

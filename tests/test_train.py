@@ -1,5 +1,7 @@
 """Training steps: compiled once per batch shape, losses from logits, exact metrics, dropout keys,
-batch statistics, optimizers, bfloat16 compute, the non-finite guard."""
+batch statistics, optimizers, bfloat16 compute, the non-finite guard; each loss on each head against
+Keras's figures, pairs and metrics refused at compile, labels in the fit loop, arrays checked where
+they enter."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ import optax
 import pytest
 
 import jaxcnn
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, InputError
+from jaxcnn.fit import train_and_evaluate
 from jaxcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from jaxcnn.optimizers import OPTIMIZERS, from_config, schedule_from_config
-from jaxcnn.train import Metrics, compile, params_sha256
+from jaxcnn.train import Metrics, class_labels, compile, params_sha256
+
+from test_fit import write_config
 
 
 def small_model(**dense):
@@ -66,6 +71,8 @@ def test_the_state_is_donated_to_the_training_step():
 
 
 def test_loss_is_computed_from_logits_and_stays_finite_where_the_naive_form_overflows():
+    """The logits path (train.py's table, S): beyond Keras's clipping (p < 1e-7) it keeps the true
+    crossentropy, 2e4 here, where Keras on JAX reports -log(1e-7) = 16.12 with a zero gradient."""
     model = jaxcnn.Sequential([Dense(3, activation="softmax", input_shape=(2,))])
     compiled = compile(model, "sgd")
     state = compiled.init(0)
@@ -180,8 +187,13 @@ def test_other_losses():
     binary = jaxcnn.Sequential([Flatten(input_shape=(8, 8, 1)), Dense(1, activation="sigmoid")])
     compiled = compile(binary, "adam", loss="binary_crossentropy")
     state = compiled.init(0)
-    metrics = compiled.eval_step(state, (x, (y > 4).astype(np.float32))).compute()
-    assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
+    yes = (y > 4).astype(np.float32)
+    first = compiled.eval_step(state, (x, yes)).compute()
+    for _ in range(5):
+        state, _ = compiled.train_step(state, (x, yes))
+    assert compiled.eval_step(state, (x, yes)).compute()["loss"] < first["loss"]
+    p = np.asarray(compiled.predict(state, x))[:, 0]  # binary accuracy: p > 0.5 is the label
+    assert compiled.eval_step(state, (x, yes)).compute()["accuracy"] == pytest.approx(np.mean((p > 0.5) == yes))
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
@@ -416,3 +428,228 @@ def test_predict_and_unrolled_steps_compile_once_per_shape(caplog):
     assert compilations(caplog, "_predict") == 1
     assert compilations(caplog, "_train_steps") == 1
     assert int(state.step) == 16
+
+
+# ---- losses x heads x labels (issue 11): Keras's values, computed by hand ---------------------------
+def head(activation, z, loss, metrics=()):
+    """``Dense(len(z), activation)`` on 2 inputs with a zero kernel: its pre-activation output is ``z``."""
+    model = jaxcnn.Sequential([Dense(len(z), activation=activation, input_shape=(2,))])
+    compiled = compile(model, "sgd", loss=loss, metrics=metrics)
+    params = {"dense": {"kernel": jnp.zeros((2, len(z))), "bias": jnp.asarray(z, jnp.float32)}}
+    return compiled, compiled.init(0).replace(params=params)
+
+
+ONE = np.ones((1, 2), np.float32)
+
+
+@pytest.mark.parametrize("activation, z, loss, labels, keras", [
+    # lse(1, 2, 3) = 3 + log(1 + e^-1 + e^-2) = 3.407606; -log softmax(z)[0] = 3.407606 - 1
+    pytest.param("softmax", [1, 2, 3], "sparse_categorical_crossentropy", [0], 2.407606, id="softmax-sparse"),
+    # a linear head's outputs are logits (Keras's from_logits=True): the same figure
+    pytest.param(None, [1, 2, 3], "sparse_categorical_crossentropy", [0], 2.407606, id="linear-sparse"),
+    # -sum(y log softmax(z)) = lse - sum(y z) = 3.407606 - (0.2 + 0.6 + 1.5) = 1.107606
+    pytest.param("softmax", [1, 2, 3], "categorical_crossentropy", [[0.2, 0.3, 0.5]], 1.107606, id="softmax-cce"),
+    pytest.param(None, [1, 2, 3], "categorical_crossentropy", [[0.2, 0.3, 0.5]], 1.107606, id="linear-cce"),
+    # the issue's case. Keras: binary crossentropy of the softmax probabilities p = (1/3, 1/3, 1/3):
+    # mean(-log(1/3), -log(1 - 1/3), -log(1 - 1/3)) = (1.098612 + 2 * 0.405465) / 3 = 0.636514
+    # (a sigmoid on the pre-softmax logits would give log 2 = 0.693147)
+    pytest.param("softmax", [0, 0, 0], "binary_crossentropy", [[1, 0, 0]], 0.636514, id="softmax-bce"),
+    # Keras's clipping: p = (1, e^-100, e^-100) -> clip to [1e-7, 1 - 1e-7]; in float32 1 - 1e-7 is
+    # 1 - 2^-23, so the terms are -log(2^-23 * 1.0) = 15.942385 (label 0 on p = 1 - 1e-7),
+    # -log(1e-7) = 16.118095 (label 1 on p = 1e-7) and -log(1 - 1e-7) = 1.19e-7: mean 10.686826
+    pytest.param("softmax", [100, 0, 0], "binary_crossentropy", [[0, 1, 0]], 10.686826, id="softmax-bce-clipped"),
+    # -log sigmoid(0) = log 2 = 0.693147; -log(1 - sigmoid(2)) = softplus(2) = 2 + log(1 + e^-2) = 2.126928;
+    # mean over the 2 outputs: 1.410038
+    pytest.param("sigmoid", [0, 2], "binary_crossentropy", [[1, 0]], 1.410038, id="sigmoid-bce"),
+    pytest.param(None, [0, 2], "binary_crossentropy", [[1, 0]], 1.410038, id="linear-bce"),
+    # one output, labels (batch,) as Keras accepts them: -log sigmoid(2) = log(1 + e^-2) = 0.126928
+    pytest.param("sigmoid", [2], "binary_crossentropy", [1], 0.126928, id="sigmoid-bce-1-unit"),
+    # mean((p - y)^2) on p = (1/3, 1/3, 1/3), y = (1, 0, 0): (4/9 + 1/9 + 1/9) / 3 = 2/9
+    pytest.param("softmax", [0, 0, 0], "mean_squared_error", [[1, 0, 0]], 0.222222, id="softmax-mse"),
+    # on the sigmoid's outputs: (sigmoid(0) - 1)^2 = 0.25, sigmoid(2)^2 = 0.880797^2 = 0.775803: mean 0.512902
+    pytest.param("sigmoid", [0, 2], "mean_squared_error", [[1, 0]], 0.512902, id="sigmoid-mse"),
+    pytest.param("relu", [-1, 2], "mean_squared_error", [[1, 0]], 2.5, id="relu-mse"),  # (1 + 4) / 2
+])
+def test_each_loss_and_head_gives_keras_figure(activation, z, loss, labels, keras):
+    compiled, state = head(activation, z, loss)
+    dtype = np.int32 if loss == "sparse_categorical_crossentropy" else np.float32
+    metrics = compiled.eval_step(state, (ONE, np.asarray(labels, dtype))).compute()
+    assert metrics["loss"] == pytest.approx(keras, rel=1e-5)
+    state, metrics = compiled.train_step(state, (ONE, np.asarray(labels, dtype)))
+    assert float(metrics.loss) == pytest.approx(keras, rel=1e-5) and float(metrics.nonfinite) == 0.0
+
+
+def test_binary_accuracy_thresholds_the_probabilities_as_keras():
+    # softmax(3, 2, -5) = (0.7310, 0.2689, 0.0002): only the first is above 0.5, as the label says
+    # (thresholding the logits at 0 would call the second one too)
+    compiled, state = head("softmax", [3, 2, -5], "binary_crossentropy")
+    assert compiled.eval_step(state, (ONE, np.array([[1, 0, 0]], np.float32))).compute()["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("layers, loss, message", [
+    ([Dense(3, activation="sigmoid", input_shape=(2,))], "sparse_categorical_crossentropy",
+     (r"^layer 0 'dense' \(Dense\): key `loss`: sparse_categorical_crossentropy needs one distribution over "
+      r"the classes .* not sigmoid's independent probabilities")),
+    ([Dense(3, activation="sigmoid", input_shape=(2,))], "categorical_crossentropy",
+     r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs one distribution"),
+    ([Dense(1, input_shape=(2,))], "categorical_crossentropy",
+     (r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs at least 2 classes, but the "
+      r"output has 1 unit")),
+    ([Dense(1, activation="sigmoid", input_shape=(2,))], "sparse_categorical_crossentropy",
+     r"needs at least 2 classes"),
+    ([Dense(1, activation="softmax", input_shape=(2,))], "binary_crossentropy",
+     r"^layer 0 'dense' \(Dense\): key `loss`: a softmax over 1 unit always outputs 1.0"),
+    ([Dense(3, activation="relu", input_shape=(2,))], "binary_crossentropy",
+     (r"^layer 0 'dense' \(Dense\): key `loss`: binary_crossentropy needs the last layer to end in softmax or "
+      r"sigmoid \(probabilities\) or in no activation \(logits\), not 'relu'")),
+    ([Dense(3, activation="tanh", input_shape=(2,))], "sparse_categorical_crossentropy", r"not 'tanh'"),
+    ([Dense(3, activation="softmax", input_shape=(2,)), Dropout(0.5)], "categorical_crossentropy",
+     (r"^layer 0 'dense' \(Dense\): key `loss`: categorical_crossentropy needs the softmax to be the model's "
+      r"last layer, but layer 1 'dropout' \(Dropout\) follows it")),
+])
+def test_a_loss_the_head_cannot_feed_is_refused_at_compile_naming_the_layer(layers, loss, message):
+    with pytest.raises(ConfigError, match=message):
+        compile(jaxcnn.Sequential(layers), "sgd", loss=loss)
+
+
+def test_without_a_loss_compile_takes_the_heads_own():
+    assert compile(jaxcnn.Sequential([Dense(3, activation="softmax", input_shape=(2,))])).loss == \
+        "sparse_categorical_crossentropy"
+    assert compile(jaxcnn.Sequential([Dense(1, activation="sigmoid", input_shape=(2,))])).loss == \
+        "binary_crossentropy"
+    assert compile(jaxcnn.Sequential([Dense(1, input_shape=(2,))])).loss == "mean_squared_error"
+    # a softmax that is not last: no crossentropy fits, so no refusal for a model only served
+    assert compile(jaxcnn.Sequential([Dense(3, activation="softmax", input_shape=(2,)), Dropout(0.5)])).loss == \
+        "mean_squared_error"
+
+
+@pytest.mark.parametrize("units, activation, loss, metrics, message", [
+    (3, None, "mse", ["accuracy"], r"key `metrics`: metric 'accuracy' does not apply to mean_squared_error"),
+    (10, None, "mean_squared_error", ["top3_accuracy"], r"metric 'top3_accuracy' does not apply to mean_squared"),
+    (1, "sigmoid", "binary_crossentropy", ["top_k_accuracy"],
+     r"metric 'top_k_accuracy' ranks classes, so it needs a categorical loss, not binary_crossentropy"),
+    (5, "softmax", "sparse_categorical_crossentropy", ["top_k_accuracy"],
+     r"metric 'top_k_accuracy' needs more than 5 classes, but the model's output has 5"),
+    (3, "softmax", "categorical_crossentropy", ["accuracy", "top3_accuracy"], r"needs more than 3 classes"),
+    (10, "softmax", "sparse_categorical_crossentropy", ["top0_accuracy"], r"k \(=0\) must be at least 1"),
+])
+def test_metrics_that_cannot_apply_are_refused_at_compile(units, activation, loss, metrics, message):
+    model = jaxcnn.Sequential([Dense(units, activation=activation, input_shape=(2,))])
+    with pytest.raises(ConfigError, match=message):
+        compile(model, "sgd", loss=loss, metrics=metrics)
+
+
+def test_only_the_metrics_that_apply_are_reported():
+    compiled, state = head(None, [0.5, 2, 1], "mse")
+    assert compiled.eval_step(state, (ONE, np.zeros((1, 3), np.float32))).compute().keys() == {"loss", "examples"}
+    compiled, state = head("softmax", [1, 2, 3], "sparse_categorical_crossentropy")  # 3 classes: no top-5
+    assert compiled.eval_step(state, (ONE, np.array([0]))).compute().keys() == {"loss", "accuracy", "examples"}
+    compiled, state = head("softmax", [9, 8, 7, 6, 5, 4], "sparse_categorical_crossentropy", ["top3_accuracy"])
+    means = compiled.eval_step(state, (np.ones((2, 2), np.float32), np.array([2, 3]))).compute()
+    assert (means["accuracy"], means["top3_accuracy"]) == (0.0, 0.5)  # class 2 ranks third, class 3 fourth
+    compiled, state = head("sigmoid", [0, 2], "binary_crossentropy")
+    assert compiled.eval_step(state, (ONE, np.array([[1.0, 1.0]]))).compute() == {
+        "loss": pytest.approx((0.693147 + 0.126928) / 2, rel=1e-5), "accuracy": 0.5, "examples": 1}
+
+
+def test_the_fit_loop_gives_a_categorical_loss_one_hot_labels(tmp_path):
+    """``loss = "categorical_crossentropy"`` in ``jaxcnn train``: the data's integer labels are
+    one-hot encoded, so the run is the sparse run (the same loss, by another route)."""
+    runs = {}
+    for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        config = write_config(tmp_path, name=f"{loss}.toml", epochs=1)
+        config.write_text(config.read_text().replace("[train]\n", f"[train]\nloss = \"{loss}\"\n"))
+        runs[loss] = train_and_evaluate(config, tmp_path / loss, progress=False)
+    sparse, categorical = runs.values()
+    assert categorical["test_loss"] == pytest.approx(sparse["test_loss"], rel=1e-5)
+    assert categorical["test_accuracy"] == sparse["test_accuracy"]
+
+
+def test_class_labels_in_the_form_each_loss_takes():
+    softmax = jaxcnn.Sequential([Dense(3, activation="softmax", input_shape=(2,))])
+    labels = np.array([2, 0], np.int32)
+    np.testing.assert_array_equal(class_labels("sparse_categorical_crossentropy", softmax, 3)(labels), labels)
+    np.testing.assert_array_equal(class_labels("categorical_crossentropy", softmax, 3)(labels),
+                                  [[0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(class_labels("binary_crossentropy", softmax, 3)(labels), [[0, 0, 1], [1, 0, 0]])
+    yes_no = jaxcnn.Sequential([Dense(1, activation="sigmoid", input_shape=(2,))])
+    assert class_labels("binary_crossentropy", yes_no, 2)(np.array([1, 0])).tolist() == [[1.0], [0.0]]
+    with pytest.raises(ConfigError, match=r"^run.toml: key `train.loss`: mean_squared_error is a regression loss, "
+                                          r"and the data are class labels"):
+        class_labels("mean_squared_error", softmax, 3, source="run.toml")
+    with pytest.raises(ConfigError, match=r"key `layers`: the model's output \(1,\) does not fit the data's 3 classes: "
+                                          r"the last layer should be Dense\(3, activation=\"sigmoid\"\)"):
+        class_labels("binary_crossentropy", yes_no, 3)
+    with pytest.raises(ConfigError, match=r"key `train.loss`: unknown loss 'hinge'"):
+        class_labels("hinge", softmax, 3)
+
+
+# ---- arrays checked where they enter -------------------------------------------------------------
+@pytest.mark.parametrize("entry", ["train_step", "train_steps", "eval_step", "predict"])
+def test_a_wrong_image_shape_is_refused_naming_the_expected_shape(entry):
+    compiled = compile(small_model(), "sgd")
+    state = compiled.init(0)
+    x, y = data(8)
+    x = np.zeros((8, 9, 9, 1), np.float32)
+    arguments = {"train_step": (x, y), "eval_step": (x, y), "predict": x,
+                 "train_steps": (x[None], y[None])}[entry]
+    expected = r"\(steps, batch, 8, 8, 1\)" if entry == "train_steps" else r"\(batch, 8, 8, 1\)"
+    shape = r"\(1, 8, 9, 9, 1\)" if entry == "train_steps" else r"\(8, 9, 9, 1\)"
+    with pytest.raises(InputError, match=rf"^{entry}: images of shape {shape} do not fit the model's input "
+                                         rf"\(8, 8, 1\): expected {expected}$"):
+        getattr(compiled, entry)(state, arguments)
+
+
+def test_labels_of_the_wrong_form_or_range_are_refused():
+    compiled = compile(small_model(), "sgd")
+    state = compiled.init(0)
+    x, y = data(8)
+    with pytest.raises(InputError, match=r"^train_step: labels hold class 10, outside the model's 10 classes 0..9$"):
+        compiled.train_step(state, (x, np.where(y == y[0], 10, y)))
+    with pytest.raises(InputError, match=r"eval_step: labels hold class -1"):
+        compiled.eval_step(state, (x, np.full(8, -1, np.int32)))
+    with pytest.raises(InputError, match=r"labels of shape \(8, 10\) do not fit sparse_categorical_crossentropy on "
+                                         r"the model's output \(10,\): expected integer class indices of shape \(8,\): "
+                                         r"these look like one-hot rows"):
+        compiled.eval_step(state, (x, np.eye(10, dtype=np.float32)[y]))
+    with pytest.raises(InputError, match=r"labels of dtype float32: sparse_categorical_crossentropy takes integer"):
+        compiled.eval_step(state, (x, y.astype(np.float32)))
+    with pytest.raises(InputError, match=r"mask of shape \(4,\) does not fit images of shape \(8, 8, 8, 1\): "
+                                         r"expected \(8,\)"):
+        compiled.eval_step(state, (x, y, np.ones(4, np.float32)))
+    categorical = compile(small_model(), "sgd", loss="categorical_crossentropy")
+    with pytest.raises(InputError, match=r"labels of shape \(8,\) do not fit categorical_crossentropy on the model's "
+                                         r"output \(10,\): expected one-hot rows of shape \(8, 10\): these look like "
+                                         r"class indices"):
+        categorical.train_step(categorical.init(0), (x, y))
+    binary, state = head("sigmoid", [0, 2], "binary_crossentropy")
+    with pytest.raises(InputError, match=r"labels hold 2.0, outside \[0, 1\]"):
+        binary.eval_step(state, (ONE, np.array([[1.0, 2.0]], np.float32)))
+
+
+def test_device_labels_out_of_range_are_not_read_back_but_count_neither_as_right_nor_as_a_step():
+    compiled = compile(small_model(), "sgd", metrics=["top5_accuracy"])
+    state = compiled.init(0)
+    before = params_sha256(state.params)
+    x, _ = data(8)
+    state, metrics = compiled.train_step(state, (x, jnp.full(8, 12, jnp.int32)))  # no class 12
+    assert float(metrics.nonfinite) == 1.0 and params_sha256(state.params) == before
+    assert float(metrics.correct) == 0.0 and float(metrics.top_k_correct) == 0.0  # was top-5 = 1.0
+
+
+def test_arrays_are_checked_once_per_shape_and_the_steps_compile_once(monkeypatch):
+    compiled = compile(small_model(), "sgd")
+    state = compiled.init(0)
+    checks = []
+    check = compiled.eval_step._check
+    monkeypatch.setattr(compiled.eval_step, "_check", lambda *a: (checks.append(a[0]), check(*a)))
+    x, y = data(16)
+    for _ in range(5):
+        compiled.eval_step(state, (x[:8], y[:8]))
+    compiled.eval_step(state, (x, y))
+    assert checks == ["eval_step", "eval_step"]  # one check per shape, not per call
+    xs, ys = x.reshape(2, 8, 8, 8, 1), y.reshape(2, 8)
+    for _ in range(3):
+        state, _ = compiled.train_steps(state, (xs, ys))
+        compiled.predict(state, x[:8])
+    assert compiled.train_steps._cache_size() == 1 and compiled.predict._cache_size() == 1
