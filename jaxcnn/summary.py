@@ -282,28 +282,24 @@ def _rich(s: Summary, columns: tuple[str, ...], width: int) -> str:
     """A table like Keras 3's ``model.summary()``, with byte sizes, rendered to plain text at most
     ``width`` characters wide (wider only where the unwrapped columns need it)."""
     from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
+    headers = ["Layer (type)", "Output Shape", "Param #", *(COLUMNS[c] for c in columns)]
+    body = [[f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}", *(r.cell(c) for c in columns)]
+            for r in s.rows]
+    wrapped = [False, False, False, *(c in WRAPPED for c in columns)]
     table = Table(title=f'Model: "{s.name}"', title_justify="left")
-    table.add_column("Layer (type)", no_wrap=True)
-    table.add_column("Output Shape", no_wrap=True)
-    table.add_column("Param #", justify="right", no_wrap=True)
-    for c in columns:
-        table.add_column(COLUMNS[c], justify="left" if c in WRAPPED else "right", no_wrap=c not in WRAPPED,
-                         min_width=MIN_WRAPPED_WIDTH if c in WRAPPED else None)
-    for r in s.rows:
-        table.add_row(f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}",
-                      *(r.cell(c) for c in columns))
-
-    def console(chars: int, buffer: io.StringIO | None = None) -> Console:
-        return Console(file=buffer or io.StringIO(), width=chars, color_system=None, force_terminal=False,
-                       highlight=False)
-
-    wide = console(10_000)
-    needed = Measurement.get(wide, wide.options, table).minimum  # every unwrapped cell whole
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i < 2 or wrapped[i] else "right", no_wrap=not wrapped[i],
+                         min_width=MIN_WRAPPED_WIDTH if wrapped[i] else None)
+    for cells in body:
+        table.add_row(*cells)
+    # Every unwrapped cell whole, each wrapped column at least its minimum; 3 = a border and 2 spaces.
+    needed = 1 + sum(3 + (MIN_WRAPPED_WIDTH if wrap else max(len(cell) for cell in column))
+                     for column, wrap in zip(zip(headers, *body), wrapped))
     buffer = io.StringIO()
-    console(max(width, needed), buffer).print(table)
+    Console(file=buffer, width=max(width, needed), color_system=None, force_terminal=False,
+            highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     for label, n in (("Total", s.total_params), ("Trainable", s.trainable_params),
                      ("Non-trainable", s.non_trainable_params)):
