@@ -173,10 +173,9 @@ def _raw_intensities(array: np.ndarray, source: str) -> np.ndarray:
     if array.size:
         low, high = float(np.min(array)), float(np.max(array))
         if not (np.isfinite(low) and np.isfinite(high)) or low < -RAW_TOLERANCE or high > 1 + RAW_TOLERANCE:
-            hint = " (uint8-like values: save them as uint8, or divide by 255)" if high > 1.5 else ""
             raise ExportError(
                 f"holds values from {low:g} to {high:g}; the model takes raw images as floats in [0, 1] or "
-                f"uint8 0..255{hint}", source=source)
+                f"uint8 0..255: scale them (values are refused, not clipped)", source=source)
     return array
 
 
