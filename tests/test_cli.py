@@ -47,9 +47,15 @@ def test_summary_json_with_input_shape_override(capsys):
     assert data["layers"][18]["output_shape"] == [None, 2048]
 
 
-def test_summary_columns(capsys):
+def test_summary_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # the terminal's width: wide enough for every formula on one line
     code, out, _ = run(capsys, "summary", str(CONFIGS / "lenet5.toml"), "--columns", "receptive_field,formula")
     assert code == 0 and "Receptive field" in out and "6*5*5*1 + 6 = 156" in out
+    assert max(map(len, out.splitlines())) < 300
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run(capsys, "summary", str(CONFIGS / "lenet5.toml"), "--columns", "formula")
+    # Layer (type), Output Shape and Param # take 39 + 26 + 10 characters: the formula gets its minimum, 24.
+    assert code == 0 and max(map(len, out.splitlines())) == 39 + 26 + 10 + 24
 
 
 def test_check_succeeds_with_exit_0(capsys):

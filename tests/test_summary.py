@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -254,7 +255,12 @@ def test_the_width_defaults_to_the_terminal(monkeypatch):
         assert model.summary(columns=["formula"], print_fn=None) == model.summary(
             columns=["formula"], print_fn=None, width=columns)
     monkeypatch.delenv("COLUMNS")
-    assert terminal_width() == 100  # pytest's captured stdout is no terminal: the fallback
+
+    def no_terminal(*args):
+        raise OSError("not a terminal")
+
+    monkeypatch.setattr(os, "get_terminal_size", no_terminal)  # stdout is a pipe or a file
+    assert terminal_width() == 100
 
 
 def test_rich_table_wraps_formula_and_lowering_to_the_width():
