@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import export
 
 from jaxcnn.flax_module import build_module
-from jaxcnn.errors import ShapeMismatchError
+from jaxcnn.errors import JaxcnnError, ShapeMismatchError
 from jaxcnn.model import LayerPlan, Sequential
 
 __all__ = ["CheckResult", "LayerProof", "abstract_variables", "check", "check_file"]

@@ -86,6 +86,23 @@ def test_shape_errors_in_a_file_name_the_file(capsys, tmp_path, command):
 
 
 @pytest.mark.parametrize("command", ["check", "summary"])
+def test_an_error_of_the_proof_itself_names_the_file(capsys, monkeypatch, command):
+    import jaxcnn.check
+    import jaxcnn.summary
+    from jaxcnn.errors import ShapeMismatchError
+
+    def disagree(model, **kwargs):  # what check() raises when jax.eval_shape and a formula disagree
+        raise ShapeMismatchError("jax.eval_shape gives (None, 9), the formula (None, 10)", index=7,
+                                 layer_name="dense_1", layer_type="Dense")
+
+    monkeypatch.setattr(jaxcnn.check, "check", disagree)
+    path = str(CONFIGS / "cifar_cnn.toml")
+    code, out, err = run(capsys, command, path)
+    assert (code, out) == (1, "")
+    assert err == f"error: {path}: layer 7 'dense_1' (Dense): jax.eval_shape gives (None, 9), the formula (None, 10)\n"
+
+
+@pytest.mark.parametrize("command", ["check", "summary"])
 def test_a_toml_without_input_shape_gets_toml_advice(capsys, tmp_path, command):
     bad = tmp_path / "shapeless.toml"
     bad.write_text('[[layers]]\ntype = "Conv2D"\nfilters = 4\nkernel_size = 3\n')

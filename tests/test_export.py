@@ -208,7 +208,7 @@ def test_npy_values_outside_the_trained_range_are_refused_not_clipped(trained, t
         read_inputs([nan], manifest)
     assert main(["predict", str(trained["tmp"] / "model.jaxcnn"), str(sixteen)]) == 1
     out = capsys.readouterr()
-    assert out.out == "" and out.err == f"error: {str(info.value)}\n"
+    assert out.out == "" and out.err == f"error: {info.value}\n"
     # In range: floats in [0, 1] (a rounding's worth outside too), and uint8 0..255 scaled by 1/255.
     uint8 = tmp_path / "uint8.npy"
     np.save(uint8, np.round(images * 255).astype(np.uint8))
