@@ -32,11 +32,13 @@ import numpy as np
 
 from jaxcnn.errors import ExportError
 
-__all__ = ["FORMAT", "Artifact", "batched", "load_artifact", "predict_files", "read_inputs"]
+__all__ = ["FORMAT", "RAW_TOLERANCE", "Artifact", "batched", "load_artifact", "predict_files", "read_inputs"]
 
 FORMAT = "jaxcnn-export/1"
 _BACKEND_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "rocm": "rocm", "tpu": "tpu"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: How far outside [0, 1] a float ``.npy`` input may go (rounding) before it is refused.
+RAW_TOLERANCE = 1e-3
 
 
 def batched(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int, *,
@@ -160,13 +162,38 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
     return Artifact(source, manifest, exported, tuple(jax.device_put(p) for p in params), exported_small)
 
 
+def _raw_intensities(array: np.ndarray, source: str) -> np.ndarray:
+    """A ``.npy``'s values as float32 intensities in [0, 1]: uint8 is scaled from 0..255; any other
+    numeric array must already lie in [0, 1] (within :data:`RAW_TOLERANCE`)."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
+        raise ExportError(f"holds {array.dtype} values; the model takes raw images as floats in [0, 1] "
+                          "or uint8 0..255", source=source)
+    array = np.asarray(array, np.float32)
+    if array.size:
+        low, high = float(np.min(array)), float(np.max(array))
+        if not (np.isfinite(low) and np.isfinite(high)) or low < -RAW_TOLERANCE or high > 1 + RAW_TOLERANCE:
+            raise ExportError(
+                f"holds values from {low:g} to {high:g}; the model takes raw images as floats in [0, 1] or "
+                f"uint8 0..255: scale them (values are refused, not clipped)", source=source)
+    return array
+
+
 def read_inputs(paths: Sequence[str | os.PathLike[str]], manifest: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """Raw inputs -> model inputs, with the preprocessing the model was trained with.
 
     ``.npy`` files hold raw images as the training data's loader gives them (``(H, W)``,
-    ``(H, W, C)`` or ``(N, H, W, C)`` of the raw shape; floats in [0, 1], or uint8 0..255).
-    PNG and JPEG images are converted to the raw channels, resized (bilinear) to the raw height and
-    width, and scaled to [0, 1]. Returns the inputs and a label for each (``file`` or ``file[i]``).
+    ``(H, W, C)``, ``(N, H, W)`` or ``(N, H, W, C)`` of the raw shape; floats in [0, 1], or uint8
+    0..255); other values are refused, not clipped (:data:`RAW_TOLERANCE`). PNG and JPEG images
+    are converted to the raw channels, resized (bilinear) to the raw height and width, and scaled
+    to [0, 1]. The training's preprocessing then applies (its statistics, its fit to the model's
+    input shape). Returns the inputs ``(N, *input_shape)`` and a label for each (``file`` or
+    ``file[i]``).
+
+    Raises:
+      ExportError: a file that cannot be read, of another shape, or with values out of range,
+        named with what was found and what the model takes.
     """
     from jaxcnn.data import Preprocessing
 
@@ -181,18 +208,16 @@ def read_inputs(paths: Sequence[str | os.PathLike[str]], manifest: dict[str, Any
                 array = np.load(source, allow_pickle=False)
             except (OSError, ValueError) as error:
                 raise ExportError(f"cannot read the array: {error}", source=source) from None
-            if array.dtype == np.uint8:
-                array = array.astype(np.float32) / 255.0
-            array = np.asarray(array, np.float32)
+            shape = array.shape
             if array.ndim == 2:
                 array = array[None, :, :, None]
             elif array.ndim == 3:
                 array = array[None] if array.shape == recipe.raw_shape else array[..., None]
             if array.ndim != 4 or array.shape[1:] != recipe.raw_shape:
                 raise ExportError(
-                    f"holds images of shape {tuple(np.shape(np.load(source)))}; the model takes raw images of "
+                    f"holds images of shape {tuple(shape)}; the model takes raw images of "
                     f"shape {recipe.raw_shape} (one, or a stack (N, {raw_h}, {raw_w}, {raw_c}))", source=source)
-            arrays.append(array)
+            arrays.append(_raw_intensities(array, source))
             names += [source] if len(array) == 1 else [f"{source}[{i}]" for i in range(len(array))]
         elif suffix in IMAGE_SUFFIXES:
             from PIL import Image, UnidentifiedImageError

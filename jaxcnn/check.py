@@ -210,10 +210,12 @@ def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
 
 
 def check_file(path: str, *, input_shape: Sequence[int] | None = None) -> CheckResult:
-    """``jaxcnn check PATH``: load a TOML, JSON or Keras JSON file and prove it."""
+    """``jaxcnn check PATH``: load a TOML, JSON or Keras JSON file and prove it; every error names
+    ``path``."""
     from jaxcnn.config import load
 
-    model = load(path)
-    if input_shape is not None:
-        model = model.with_input_shape(input_shape)
-    return check(model)
+    model = load(path, input_shape=input_shape, require_input_shape=True)
+    try:
+        return check(model)
+    except JaxcnnError as error:
+        raise error.located(source=str(path)) from None

@@ -46,6 +46,8 @@ from jaxcnn.model import Sequential
 
 __all__ = [
     "MODEL_KEYS",
+    "NO_INPUT_SHAPE",
+    "NO_KERAS_INPUT_SHAPE",
     "SECTIONS",
     "from_dict",
     "from_keras_dict",
@@ -71,22 +73,33 @@ _DEFAULT_MODEL_NAME = "sequential"
 # Reading files.
 
 
-def load(path: str | os.PathLike[str]) -> Sequential:
+def load(path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = None,
+         require_input_shape: bool = False) -> Sequential:
     """Read a model from ``path``: a jaxcnn ``.toml`` or ``.json`` config, or a Keras
     ``model.to_json()`` file (a JSON object with a top-level ``class_name``).
 
     The format follows the extension (``.toml``, ``.json``); for any other extension, text that
-    starts with ``{`` is read as JSON and anything else as TOML.
+    starts with ``{`` is read as JSON and anything else as TOML. ``input_shape`` replaces the file's
+    input shape (``jaxcnn summary --input-shape``). A model with an input shape is planned (the
+    formulas, no JAX), so an impossible layer is reported here, naming the file; a model without
+    one is refused with ``require_input_shape=True``, with advice in the file's own terms.
 
     Raises:
-      ConfigError: the file is missing or unreadable, a syntax error, an unknown key, a wrong value
-        (every message names the file, and the layer where there is one).
+      ConfigError: the file is missing or unreadable, a syntax error, an unknown key, a wrong value,
+        no input shape where one is required (every message names the file, and the layer where
+        there is one).
       UnsupportedError: a Keras class or argument jaxcnn does not support.
+      ImpossibleShapeError: a layer cannot take its input (the file, layer and formula named).
     """
     source, doc = _read(path)
-    if _is_keras(doc):
-        return from_keras_dict(doc, source=source)
-    return from_dict(doc, source=source)
+    keras = _is_keras(doc)
+    model = _keras_model(doc, source) if keras else _model(doc, source)
+    if input_shape is not None:
+        try:
+            model = model.with_input_shape(input_shape)
+        except JaxcnnError as error:
+            raise error.located(source=source) from None
+    return _planned(model, source, require_input_shape=require_input_shape, keras=keras)
 
 
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -166,12 +179,46 @@ def _check_sections(doc: Mapping[str, Any], source: str) -> None:
                 source=source, key=key)
 
 
-def from_dict(doc: Mapping[str, Any], *, source: str = "<dict>") -> Sequential:
+def from_dict(doc: Mapping[str, Any], *, source: str = "<dict>", require_input_shape: bool = False) -> Sequential:
     """The model described by a parsed jaxcnn config (``{"model": {...}, "layers": [...]}``).
 
     ``source`` names the origin in error messages. Sections other than ``model`` and ``layers``
-    (those :data:`SECTIONS` adds) are accepted and ignored here.
+    (those :data:`SECTIONS` adds) are accepted and ignored here. A model with an input shape is
+    planned, so an impossible layer is reported naming ``source``; ``require_input_shape=True``
+    refuses a model without one, saying which TOML keys give it.
     """
+    return _planned(_model(doc, source), source, require_input_shape=require_input_shape, keras=False)
+
+
+#: Where a jaxcnn config gives the input shape, for the error when it does not.
+NO_INPUT_SHAPE = (
+    "the model has no input shape: give `input_shape = [H, W, C]` on the first [[layers]] table, or "
+    'start with an Input table (`type = "Input"`, `shape = [H, W, C]`), or give `input_shape = [H, W, C]` '
+    "in [model]")
+#: The same for a Keras ``model.to_json()`` file.
+NO_KERAS_INPUT_SHAPE = (
+    "the Keras model has no input shape (no InputLayer, `batch_input_shape` or `build_input_shape`): "
+    "give one with --input-shape H,W,C (jaxcnn summary, jaxcnn check) or load(path, input_shape=...)")
+
+
+def _planned(model: Sequential, source: str, *, require_input_shape: bool, keras: bool) -> Sequential:
+    """``model``, planned when it has an input shape (errors located at ``source``); without one,
+    refused if ``require_input_shape``."""
+    try:
+        model.input_shape  # noqa: B018 - raises when there is none
+    except LayerArgumentError:
+        if require_input_shape:
+            raise ConfigError(NO_KERAS_INPUT_SHAPE if keras else NO_INPUT_SHAPE, source=source,
+                              key="input_shape") from None
+        return model
+    try:
+        model.plan()
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    return model
+
+
+def _model(doc: Mapping[str, Any], source: str) -> Sequential:
     if not isinstance(doc, Mapping):
         raise ConfigError(f"a config must be a table (a dict), got {describe_value(doc)}", source=source)
     _check_sections(doc, source)
@@ -403,7 +450,11 @@ def from_keras_json(text: str, *, source: str = "<keras json>") -> Sequential:
 
 
 def from_keras_dict(doc: Mapping[str, Any], *, source: str = "<keras json>") -> Sequential:
-    """:func:`from_keras_json` of an already parsed ``model.to_json()``."""
+    """:func:`from_keras_json` of the parsed JSON ``doc``; a model with an input shape is planned."""
+    return _planned(_keras_model(doc, source), source, require_input_shape=False, keras=True)
+
+
+def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
     if not isinstance(doc, Mapping) or "class_name" not in doc:
         raise ConfigError(
             "is not a Keras model description: expected a JSON object with `class_name` and "

@@ -71,6 +71,7 @@ def export_model(
     the manifest.
     """
     source = os.fsdecode(config_path)
+    target = _writable_target(out)  # before any work: a wrong --out fails at once
     for platform in platforms:
         if platform not in PLATFORMS:
             raise ExportError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
@@ -128,11 +129,32 @@ def export_model(
                    "forward_small": hashlib.sha256(forward_small).hexdigest(),
                    "params": hashlib.sha256(params).hexdigest()},
     }
-    target = pathlib.Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as temp, zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("manifest.json", json.dumps(manifest, indent=1))
-        archive.writestr("forward.jax_export", bytes(forward))
-        archive.writestr("forward_small.jax_export", bytes(forward_small))
-        archive.writestr("params.npz", params)
+    try:
+        with atomic_path(target) as temp, zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr("manifest.json", json.dumps(manifest, indent=1))
+            archive.writestr("forward.jax_export", bytes(forward))
+            archive.writestr("forward_small.jax_export", bytes(forward_small))
+            archive.writestr("params.npz", params)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile: the temporary file is removed
+        raise ExportError(f"cannot write the export file: {error.strerror or error}", source=str(target)) from None
     return manifest
+
+
+def _writable_target(out: str | os.PathLike[str]) -> pathlib.Path:
+    """``out`` as a path whose folder exists (created if missing).
+
+    Raises:
+      ExportError: ``out`` is a folder, or its folder cannot be created or written to.
+    """
+    target = pathlib.Path(os.fsdecode(out))
+    if target.is_dir():
+        raise ExportError("is a folder, not a file: name the export file to write, such as model.jaxcnn",
+                          source=str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"cannot create its folder: {error.strerror or error}", source=str(target)) from None
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write the export file: its folder {target.parent} is not writable",
+                          source=str(target))
+    return target

@@ -248,7 +248,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
     """Read, validate and prepare everything; raises before any file is written."""
     source = os.fsdecode(config_path)
     doc = read_document(config_path)
-    model = from_dict(doc, source=source)
+    model = from_dict(doc, source=source, require_input_shape=True)
     try:
         model.check()  # the shapes are proved before any training step is traced
     except JaxcnnError as error:

@@ -223,15 +223,17 @@ class Sequential:
         flops: bool = False,
         columns: Sequence[str] = (),
         print_fn: Callable[[str], Any] | None = print,
+        width: int | None = None,
         **kwargs: Any,
     ) -> str | None:
         """Print the summary as Keras does (``format="text"``), or as a rich table or JSON.
 
-        With ``print_fn=None`` the text is returned instead of printed.
+        With ``print_fn=None`` the text is returned instead of printed. Long formula and lowering
+        cells wrap to ``width`` characters (default: the terminal's width).
         """
         from jaxcnn.summary import render
 
-        text = render(self.summarize(**kwargs), format=format, flops=flops, columns=columns)
+        text = render(self.summarize(**kwargs), format=format, flops=flops, columns=columns, width=width)
         if print_fn is None:
             return text
         print_fn(text)

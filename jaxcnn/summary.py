@@ -9,16 +9,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shutil
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from jaxcnn.errors import LayerArgumentError
+from jaxcnn.errors import JaxcnnError, LayerArgumentError
 from jaxcnn.layers import FLOPS_CONVENTION, Formula, Shape
 
 if TYPE_CHECKING:
     from jaxcnn.model import LayerPlan, Sequential
 
-__all__ = ["COLUMNS", "Row", "Summary", "readable_bytes", "render", "summarize"]
+__all__ = ["COLUMNS", "DEFAULT_WIDTH", "FLOPS_NOTE", "WRAPPED", "Row", "Summary", "readable_bytes", "render",
+           "summarize", "summarize_file", "terminal_width"]
 
 BYTES_PER_PARAM = 4  # float32 parameters
 BYTES_PER_ACTIVATION = 4  # float32 activations
@@ -32,6 +35,17 @@ COLUMNS = {
     "lowering": "Lowering",
 }
 FORMATS = ("text", "rich", "json")
+# Columns whose long cells wrap onto more lines to fit the width; the others never wrap.
+WRAPPED = ("formula", "lowering")
+MIN_WRAPPED_WIDTH = 24  # a wrapped column is never narrower than this, whatever the width
+DEFAULT_WIDTH = 100  # when the width is not given and there is no terminal to ask
+# The FLOPs footer's convention, short: the whole text is jaxcnn.layers.FLOPS_CONVENTION (in JSON).
+FLOPS_NOTE = "2 per multiply-accumulate of Conv2D and Dense, +1 per bias add"
+
+
+def terminal_width() -> int:
+    """The terminal's width in characters (``$COLUMNS`` first), else :data:`DEFAULT_WIDTH`."""
+    return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
 
 
 def readable_bytes(n: int) -> str:
@@ -105,11 +119,15 @@ class Summary:
     def flops(self) -> int:
         return sum(r.flops for r in self.rows)
 
-    def text(self, columns: Sequence[str] = ()) -> str:
-        return _text(self, _columns(columns))
+    def text(self, columns: Sequence[str] = (), *, width: int | None = None) -> str:
+        """Keras's classic layout; the cells of :data:`WRAPPED` columns wrap to fit ``width``
+        characters (default: the terminal's, :func:`terminal_width`)."""
+        return _text(self, _columns(columns), width or terminal_width())
 
-    def rich(self, columns: Sequence[str] = ()) -> str:
-        return _rich(self, _columns(columns))
+    def rich(self, columns: Sequence[str] = (), *, width: int | None = None) -> str:
+        """Keras 3's table, at most ``width`` characters wide where the unwrapped columns fit
+        (default: the terminal's width)."""
+        return _rich(self, _columns(columns), width or terminal_width())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,9 +216,10 @@ def _columns(columns: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(columns))
 
 
-def _text(s: Summary, columns: tuple[str, ...]) -> str:
+def _text(s: Summary, columns: tuple[str, ...], width: int) -> str:
     """Keras's ``print_summary`` layout (line length 65, columns at .45 and .85), with columns
-    widened to fit their content instead of truncated."""
+    widened to fit their content instead of truncated; the :data:`WRAPPED` columns are narrowed
+    (to no less than :data:`MIN_WRAPPED_WIDTH`) and their cells wrapped until a line fits ``width``."""
     headers = ["Layer (type)", "Output Shape", "Param #", *(COLUMNS[c] for c in columns)]
     table = [
         [f"{r.name} ({r.type})", _shape_text(r.output_shape), str(r.params), *(r.cell(c) for c in columns)]
@@ -210,14 +229,18 @@ def _text(s: Summary, columns: tuple[str, ...]) -> str:
     for line in [headers, *table]:
         for i, cell in enumerate(line):
             widths[i] = max(widths[i], len(cell) + 1)
+    widths = _fit(widths, [3 + i for i, c in enumerate(columns) if c in WRAPPED], width)
     length = sum(widths)
 
-    def row(cells: Sequence[str]) -> str:
-        return "".join(cell.ljust(w) for cell, w in zip(cells, widths))
+    def row(cells: Sequence[str]) -> list[str]:
+        wrapped = [textwrap.wrap(cell, w - 1, break_on_hyphens=False) or [""] if len(cell) >= w else [cell]
+                   for cell, w in zip(cells, widths)]
+        return ["".join((part[k] if k < len(part) else "").ljust(w) for part, w in zip(wrapped, widths))
+                for k in range(max(len(part) for part in wrapped))]
 
-    lines = [f'Model: "{s.name}"', "_" * length, row(headers), "=" * length]
+    lines = [f'Model: "{s.name}"', "_" * length, *row(headers), "=" * length]
     for i, cells in enumerate(table):
-        lines.append(row(cells))
+        lines += row(cells)
         lines.append("=" * length if i == len(table) - 1 else "_" * length)
     if not table:
         lines.append("=" * length)
@@ -227,53 +250,84 @@ def _text(s: Summary, columns: tuple[str, ...]) -> str:
         f"Non-trainable params: {s.non_trainable_params:,}",
     ]
     if "flops" in columns:
-        lines.append(f"Forward FLOPs per example: {s.flops:,} ({FLOPS_CONVENTION})")
+        lines.append(_flops_footer(s))
     lines.append("_" * length)
     return "\n".join(lines)
 
 
-def _rich(s: Summary, columns: tuple[str, ...]) -> str:
-    """A table like Keras 3's ``model.summary()``, with byte sizes, rendered to plain text."""
+def _fit(widths: list[int], wrapped: list[int], width: int) -> list[int]:
+    """``widths`` with the columns at ``wrapped`` narrowed, widest first, until the sum is at most
+    ``width`` or each is down to :data:`MIN_WRAPPED_WIDTH` (or its own width, if less)."""
+    widths = list(widths)
+    excess = sum(widths) - width
+    while excess > 0:
+        shrinkable = [i for i in wrapped if widths[i] > MIN_WRAPPED_WIDTH]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        others = [widths[i] for i in shrinkable if i != widest]
+        # down to the next widest (so the widest columns shrink together), by at most the excess
+        floor = max([MIN_WRAPPED_WIDTH, *others])
+        step = min(excess, widths[widest] - floor) or 1
+        widths[widest] -= step
+        excess -= step
+    return widths
+
+
+def _flops_footer(s: Summary) -> str:
+    return f"Forward FLOPs per example: {s.flops:,} ({FLOPS_NOTE})"
+
+
+def _rich(s: Summary, columns: tuple[str, ...], width: int) -> str:
+    """A table like Keras 3's ``model.summary()``, with byte sizes, rendered to plain text at most
+    ``width`` characters wide (wider only where the unwrapped columns need it)."""
     from rich.console import Console
     from rich.table import Table
 
+    headers = ["Layer (type)", "Output Shape", "Param #", *(COLUMNS[c] for c in columns)]
+    body = [[f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}", *(r.cell(c) for c in columns)]
+            for r in s.rows]
+    wrapped = [False, False, False, *(c in WRAPPED for c in columns)]
     table = Table(title=f'Model: "{s.name}"', title_justify="left")
-    table.add_column("Layer (type)", no_wrap=True)
-    table.add_column("Output Shape", no_wrap=True)
-    table.add_column("Param #", justify="right", no_wrap=True)
-    for c in columns:
-        table.add_column(COLUMNS[c], justify="left" if c == "formula" else "right")
-    for r in s.rows:
-        table.add_row(f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}",
-                      *(r.cell(c) for c in columns))
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i < 2 or wrapped[i] else "right", no_wrap=not wrapped[i],
+                         min_width=MIN_WRAPPED_WIDTH if wrapped[i] else None)
+    for cells in body:
+        table.add_row(*cells)
+    # Every unwrapped cell whole, each wrapped column at least its minimum; 3 = a border and 2 spaces.
+    needed = 1 + sum(3 + (MIN_WRAPPED_WIDTH if wrap else max(len(cell) for cell in column))
+                     for column, wrap in zip(zip(headers, *body), wrapped))
     buffer = io.StringIO()
-    console = Console(file=buffer, width=200 if columns else 100, color_system=None,
-                      force_terminal=False, highlight=False)
-    console.print(table)
+    Console(file=buffer, width=max(width, needed), color_system=None, force_terminal=False,
+            highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     for label, n in (("Total", s.total_params), ("Trainable", s.trainable_params),
                      ("Non-trainable", s.non_trainable_params)):
         lines.append(f" {label} params: {n:,} ({readable_bytes(n * BYTES_PER_PARAM)})")
     if "flops" in columns:
-        lines.append(f" Forward FLOPs per example: {s.flops:,} ({FLOPS_CONVENTION})")
+        lines.append(" " + _flops_footer(s))
     return "\n".join(lines)
 
 
 def summarize_file(path: str, *, input_shape: Sequence[int] | None = None, format: str = "text",
                    flops: bool = False, columns: Sequence[str] = (), check: bool = True,
-                   mesh: str | None = None, devices: int | None = None) -> str:
+                   mesh: str | None = None, devices: int | None = None, width: int | None = None) -> str:
     """``jaxcnn summary PATH``: load a TOML, JSON or Keras JSON file, prove it, render it.
 
     With ``mesh`` (``"data"`` or ``"fsdp"``) and ``devices`` (default: the devices JAX sees), the
     summary adds each parameter's sharding and the bytes one device holds of it and of its optimizer
     state (the file's ``[train.optimizer]``, else Adam), computed with ``jax.eval_shape`` on an
-    abstract mesh: nothing is allocated and the devices need not exist."""
+    abstract mesh: nothing is allocated and the devices need not exist. ``width``: see :func:`render`.
+
+    Every error names ``path``."""
     from jaxcnn.config import load
 
-    model = load(path)
-    if input_shape is not None:
-        model = model.with_input_shape(input_shape)
-    text = render(summarize(model, check=check), format, flops=flops, columns=columns)
+    model = load(path, input_shape=input_shape, require_input_shape=True)
+    try:
+        summary = summarize(model, check=check)
+    except JaxcnnError as error:
+        raise error.located(source=str(path)) from None
+    text = render(summary, format, flops=flops, columns=columns, width=width)
     if mesh is None:
         return text
     report = _sharding_report(path, model, mesh, devices)
@@ -304,13 +358,15 @@ def _sharding_report(path: str, model: Sequential, mesh: str, devices: int | Non
 
 
 def render(summary: Summary, format: str = "text", *, flops: bool = False,
-           columns: Sequence[str] = ()) -> str:
+           columns: Sequence[str] = (), width: int | None = None) -> str:
     """``summary`` as ``"text"`` (Keras's classic layout), ``"rich"`` (Keras 3's table) or
-    ``"json"``. ``flops=True`` adds the FLOPs column; ``columns`` adds any of :data:`COLUMNS`."""
+    ``"json"``. ``flops=True`` adds the FLOPs column; ``columns`` adds any of :data:`COLUMNS`.
+    Long cells of the :data:`WRAPPED` columns wrap to fit ``width`` characters (default: the
+    terminal's width, else :data:`DEFAULT_WIDTH`); the default columns never wrap."""
     if format not in FORMATS:
         raise LayerArgumentError(f"unknown summary format {format!r}; known: {', '.join(FORMATS)}")
     cols = ("flops", *columns) if flops else tuple(columns)
     if format == "json":
         _columns(cols)
         return summary.to_json()
-    return summary.text(cols) if format == "text" else summary.rich(cols)
+    return summary.text(cols, width=width) if format == "text" else summary.rich(cols, width=width)

@@ -11,7 +11,7 @@ import tomllib
 import pytest
 
 from jaxcnn import config
-from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError
+from jaxcnn.errors import ConfigError, ImpossibleShapeError, JaxcnnError, LayerArgumentError, UnsupportedError
 from jaxcnn.layers import (
     Activation,
     AveragePooling2D,
@@ -338,6 +338,66 @@ kernel_size = 3
     both = '[model]\ninput_shape = [9, 9, 2]\n\n' + on_layer
     with pytest.raises(ConfigError, match="given twice"):
         config.load(write(tmp_path, both, "c.toml"))
+
+
+SHAPELESS_CONV = '[[layers]]\ntype = "Conv2D"\nfilters = 4\nkernel_size = 3\n'
+
+
+def test_a_config_without_input_shape_gets_advice_in_toml_terms(tmp_path):
+    path = write(tmp_path, SHAPELESS_CONV, "shapeless.toml")
+    assert config.load(path).layers[0].filters == 4  # loading alone does not need the shape
+    with pytest.raises(ConfigError) as info:
+        config.load(path, require_input_shape=True)
+    assert str(info.value) == (
+        f"{path}: key `input_shape`: the model has no input shape: give `input_shape = [H, W, C]` on the "
+        'first [[layers]] table, or start with an Input table (`type = "Input"`, `shape = [H, W, C]`), or give '
+        "`input_shape = [H, W, C]` in [model]")
+    assert "Sequential(" not in str(info.value) and "Input(shape)" not in str(info.value)  # no Python advice
+    with pytest.raises(ConfigError, match=r"^<dict>: key `input_shape`: the model has no input shape: give"):
+        config.from_dict(tomllib.loads(SHAPELESS_CONV), require_input_shape=True)
+    # Each of the three ways the message gives is one the loader takes.
+    ways = {
+        "layer.toml": SHAPELESS_CONV + "input_shape = [8, 8, 1]\n",
+        "input.toml": '[[layers]]\ntype = "Input"\nshape = [8, 8, 1]\n\n' + SHAPELESS_CONV,
+        "model.toml": "[model]\ninput_shape = [8, 8, 1]\n\n" + SHAPELESS_CONV,
+    }
+    for name, text in ways.items():
+        assert config.load(write(tmp_path, text, name), require_input_shape=True).output_shape == (6, 6, 4)
+    assert config.load(path, input_shape=(8, 8, 1), require_input_shape=True).output_shape == (6, 6, 4)
+
+
+def test_a_keras_file_without_input_shape_gets_keras_advice(tmp_path):
+    text = mixed_with(lambda doc, layers: (layers.pop(0), doc["config"].pop("build_input_shape")))
+    path = tmp_path / "keras.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, require_input_shape=True)
+    assert str(info.value) == (
+        f"{path}: key `input_shape`: the Keras model has no input shape (no InputLayer, `batch_input_shape` or "
+        "`build_input_shape`): give one with --input-shape H,W,C (jaxcnn summary, jaxcnn check) or "
+        "load(path, input_shape=...)")
+    assert config.load(path, input_shape=(37, 29, 4), require_input_shape=True) == config.load(FIXTURES / "mixed.json")
+
+
+IMPOSSIBLE_CONV = '[[layers]]\ntype = "Conv2D"\nfilters = 4\nkernel_size = 9\ninput_shape = [4, 4, 1]\n'
+
+
+def test_an_impossible_layer_in_a_file_is_reported_naming_the_file(tmp_path):
+    path = write(tmp_path, IMPOSSIBLE_CONV, "impossible.toml")
+    expected = (r"^{}: layer 0 'conv2d' \(Conv2D\): the kernel window's height 9 is larger than the input height "
+                r"4 with padding='valid'")
+    with pytest.raises(ImpossibleShapeError, match=expected.format(re.escape(str(path)))):
+        config.load(path)
+    with pytest.raises(ImpossibleShapeError, match=expected.format("m.toml")):  # what `jaxcnn train` loads with
+        config.from_dict(tomllib.loads(IMPOSSIBLE_CONV), source="m.toml")
+    # An --input-shape override replaces the file's shape before the layers are planned.
+    assert config.load(path, input_shape=(16, 16, 1)).output_shape == (8, 8, 4)
+    good = write(tmp_path, IMPOSSIBLE_CONV.replace("[4, 4, 1]", "[16, 16, 1]"), "good.toml")
+    with pytest.raises(ImpossibleShapeError, match=expected.format(re.escape(str(good))).replace("4 with", "2 with")):
+        config.load(good, input_shape=(2, 2, 1))
+    keras = mixed_with(lambda doc, layers: layers[0]["config"].update(batch_shape=[None, 4, 4, 4]))
+    with pytest.raises(ImpossibleShapeError, match=r"^k\.json: layer 3 'conv2d_1' \(Conv2D\): the kernel window"):
+        config.from_keras_json(keras, source="k.json")
 
 
 def test_unknown_key_refused_with_suggestion(tmp_path):

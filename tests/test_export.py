@@ -257,6 +257,71 @@ def test_wrong_input_shapes_are_refused(trained, tmp_path):
         read_inputs([tmp_path / "x.txt"], artifact.manifest)
 
 
+def test_npy_values_outside_the_trained_range_are_refused_not_clipped(trained, tmp_path, capsys):
+    manifest = trained["manifests"][0]
+    images = load_digits().images[:3]  # raw intensities in [0, 1]
+    sixteen = tmp_path / "sixteen.npy"
+    np.save(sixteen, np.round(images * 16))  # scikit-learn's own 0..16 scale
+    with pytest.raises(ExportError) as info:
+        read_inputs([sixteen], manifest)
+    assert str(info.value) == (f"{sixteen}: holds values from 0 to 16; the model takes raw images as floats in "
+                               "[0, 1] or uint8 0..255: scale them (values are refused, not clipped)")
+    negative = tmp_path / "negative.npy"
+    np.save(negative, images - 0.5)  # already standardized, say
+    with pytest.raises(ExportError, match=r"negative.npy: holds values from -0.5 to 0.5; the model takes raw images"):
+        read_inputs([negative], manifest)
+    wide_ints = tmp_path / "ints.npy"
+    np.save(wide_ints, np.round(images * 255).astype(np.int64))  # 0..255, but not uint8
+    with pytest.raises(ExportError, match=r"ints.npy: holds values from 0 to 255;"):
+        read_inputs([wide_ints], manifest)
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.where(images > 0.5, np.nan, images))
+    with pytest.raises(ExportError, match=r"nan.npy: holds values from nan to nan;"):
+        read_inputs([nan], manifest)
+    assert main(["predict", str(trained["tmp"] / "model.jaxcnn"), str(sixteen)]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == f"error: {info.value}\n"
+    # In range: floats in [0, 1] (a rounding's worth outside too), and uint8 0..255 scaled by 1/255.
+    uint8 = tmp_path / "uint8.npy"
+    np.save(uint8, np.round(images * 255).astype(np.uint8))
+    near = tmp_path / "near.npy"
+    np.save(near, np.clip(images * 1.0005 - 0.0002, -0.0002, None))
+    inputs, _ = read_inputs([uint8, near], manifest)
+    expected = trained["recipe"].apply(np.concatenate([np.round(images * 255) / 255, images * 1.0005 - 0.0002]))
+    np.testing.assert_allclose(inputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_out_naming_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    # No checkpoint at all: the folder is reported first, without lowering anything.
+    code = main(["export", str(ROOT / "configs" / "digits_cnn.toml"), "--checkpoint", str(tmp_path / "no_run"),
+                 "--out", str(folder)])
+    out = capsys.readouterr()
+    assert (code, out.out) == (1, "")
+    assert out.err == f"error: {folder}: is a folder, not a file: name the export file to write, such as model.jaxcnn\n"
+    assert sorted(tmp_path.rglob("*")) == [folder]  # nothing written, no temporary file
+    (tmp_path / "a_file").write_text("x")
+    code = main(["export", str(ROOT / "configs" / "digits_cnn.toml"), "--checkpoint", str(tmp_path / "no_run"),
+                 "--out", str(tmp_path / "a_file" / "model.jaxcnn")])
+    assert code == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'a_file' / 'model.jaxcnn'}: cannot create its folder: File exists\n"
+
+
+def test_a_failed_export_write_is_one_line_and_leaves_no_temporary_file(trained, tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(self, name, data, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", disk_full)
+    out = tmp_path / "out" / "model.jaxcnn"
+    with pytest.raises(ExportError) as info:
+        export_model(trained["config"], trained["tmp"] / "work", out, platforms=["cpu"])
+    assert str(info.value) == f"{out}: cannot write the export file: No space left on device"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_export_and_predict_commands(trained, tmp_path, capsys):
     out = tmp_path / "cli.jaxcnn"
     assert main(["export", str(trained["config"]), "--checkpoint", str(trained["tmp"] / "work"),

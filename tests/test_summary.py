@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
 
 import jaxcnn
 from jaxcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
-from jaxcnn.summary import readable_bytes, summarize
+from jaxcnn.summary import readable_bytes, summarize, terminal_width
 
 from conftest import CONFIGS, SEEDS
 
@@ -186,24 +187,90 @@ def test_json_summary_for_tools():
 
 def test_optional_columns_flops_memory_receptive_field_formula():
     model = jaxcnn.load(CONFIGS / "lenet5.toml")
-    text = model.summary(flops=True, columns=["memory", "receptive_field", "formula"], print_fn=None)
+    text = model.summary(flops=True, columns=["memory", "receptive_field", "formula"], print_fn=None, width=1000)
     first = text.splitlines()[4]
     # conv2d: 28*28*6 outputs, 5*5*1 taps: 2*117,600 MACs + 4,704 bias adds.
     assert "conv2d (Conv2D)" in first and "239,904" in first and "18.38 KB" in first and "5x5" in first
     assert "6*5*5*1 + 6 = 156" in first and "height = ceil((32 - 5 + 1) / 1) = 28" in first
     rows = summarize(model).rows
     assert [r.receptive_field for r in rows] == [(5, 5), (6, 6), (14, 14), (16, 16), None, None, None, None]
-    assert "Forward FLOPs per example:" in text
 
 
-def test_summary_without_proof_uses_formulas_only():
-    summary = summarize(seed_000_models()["24"], check=False)
-    assert summary.proved is False and summary.total_params == 528_054
+# LeNet-5's forward FLOPs by hand (2 per multiply-accumulate, +1 per bias add):
+# conv2d 2*(28*28*6)*(5*5*1) + 28*28*6 = 239,904; conv2d_1 2*(10*10*16)*(5*5*6) + 10*10*16 = 481,600;
+# dense 2*400*120 + 120 = 96,120; dense_1 2*120*84 + 84 = 20,244; dense_2 2*84*10 + 10 = 1,690;
+# pooling and flatten 0: 839,558 in all.
+LENET5_FLOPS_FOOTER = "Forward FLOPs per example: 839,558 (2 per multiply-accumulate of Conv2D and Dense, +1 per bias add)"
 
 
-def test_unknown_format_and_column_are_refused():
-    model = seed_000_models()["9"]
-    with pytest.raises(jaxcnn.JaxcnnError, match="unknown summary format 'html'; known: text, rich, json"):
-        model.summary("html")
-    with pytest.raises(jaxcnn.JaxcnnError, match="unknown summary column 'colour'"):
-        model.summary(columns=["colour"])
+@pytest.mark.parametrize("format", ["text", "rich"])
+def test_flops_footer_is_one_line_stating_the_convention_once(format):
+    text = jaxcnn.load(CONFIGS / "lenet5.toml").summary(format, flops=True, print_fn=None)
+    footers = [line.strip() for line in text.splitlines() if "FLOPs per example" in line]
+    assert footers == [LENET5_FLOPS_FOOTER]
+    assert text.lower().count("per multiply-accumulate") == 1
+
+
+def _cells(text: str, header: str) -> list[str]:
+    """The cells of column ``header`` in a classic-layout summary, each cell's wrapped lines
+    joined with spaces."""
+    lines = text.splitlines()
+    start = lines[2].index(header)
+    cells, current = [], []
+    for line in lines[4:]:
+        if set(line) <= {"_", "="}:
+            cells.append(" ".join(current))
+            current = []
+            if set(line) == {"="}:
+                break
+        else:
+            current.append(line[start:].split("  ")[0].strip() if header != "Formula" else line[start:].rstrip())
+    return cells
+
+
+@pytest.mark.parametrize("width", [80, 100, 130])
+def test_long_formula_cells_wrap_to_the_width_and_keep_their_text(width):
+    model = jaxcnn.load(CONFIGS / "lenet5.toml")
+    text = model.summary(columns=["formula"], print_fn=None, width=width)
+    # Layer, Output Shape and Param # keep Keras's widths (39 + 26 + 10 here); Formula gets the rest,
+    # never less than 24 characters.
+    assert max(len(line) for line in text.splitlines()) == max(width, 39 + 26 + 10 + 24)
+    formulas = [f"{r.formula.output} | params: {r.formula.params}" for r in summarize(model).rows]
+    assert _cells(text, "Formula") == formulas
+    unwrapped = model.summary(columns=["formula"], print_fn=None, width=1000)
+    assert max(len(line) for line in unwrapped.splitlines()) == 39 + 26 + 10 + max(map(len, formulas)) + 1
+    assert _cells(unwrapped, "Formula") == formulas
+
+
+def test_default_columns_never_wrap_whatever_the_width():
+    for width in (20, 65, 1000):
+        assert seed_000_models()["24"].summary(print_fn=None, width=width) == CIFAR_TEXT
+
+
+def test_the_width_defaults_to_the_terminal(monkeypatch):
+    model = jaxcnn.load(CONFIGS / "lenet5.toml")
+    for columns in (120, 160):
+        monkeypatch.setenv("COLUMNS", str(columns))  # what shutil.get_terminal_size reads first
+        assert terminal_width() == columns
+        assert model.summary(columns=["formula"], print_fn=None) == model.summary(
+            columns=["formula"], print_fn=None, width=columns)
+    monkeypatch.delenv("COLUMNS")
+
+    def no_terminal(*args):
+        raise OSError("not a terminal")
+
+    monkeypatch.setattr(os, "get_terminal_size", no_terminal)  # stdout is a pipe or a file
+    assert terminal_width() == 100
+
+
+def test_rich_table_wraps_formula_and_lowering_to_the_width():
+    model = jaxcnn.load(CONFIGS / "mixed.toml")
+    text = model.summary("rich", columns=["formula", "lowering"], print_fn=None, width=150)
+    assert max(len(line) for line in text.splitlines()) == 150
+    assert re.search(r"│ conv2d \(Conv2D\) +│ \(None, 19, 29, 8\) +│ +96 │ height = ceil\(37 / 2\)", text)
+    # Narrower than the unwrapped columns allow: they stay whole (nothing cut to "…"), and the
+    # formula and lowering columns get their minimum width.
+    narrow = model.summary("rich", columns=["formula", "lowering"], print_fn=None, width=40)
+    assert "…" not in narrow and "│ global_average_pooling2d (GlobalAveragePooling2D) │" in narrow
+    assert narrow == model.summary("rich", columns=["formula", "lowering"], print_fn=None, width=100)
+    assert "…" not in model.summary("rich", print_fn=None, width=20)
