@@ -27,7 +27,8 @@ DOCUMENTED = {
 
 
 def package_modules() -> list[str]:
-    return sorted(f"jaxcnn.{m.name}" for m in pkgutil.iter_modules(jaxcnn.__path__))
+    """Every module of the package but ``__main__`` (the script behind ``python -m jaxcnn``)."""
+    return sorted(f"jaxcnn.{m.name}" for m in pkgutil.iter_modules(jaxcnn.__path__) if m.name != "__main__")
 
 
 def test_the_package_has_the_modules_it_is_known_to_have():
