@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.errors import JaxcnnError, plural
 
 __all__ = ["PREDICT_INPUTS", "main"]
 
@@ -188,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         from jaxcnn.check import check_file
 
         result = check_file(args.path, input_shape=args.input_shape)
-        print(f"ok: {args.path}: {_count(len(result.layers), 'layer')} of {result.model_name!r} proved with "
+        print(f"ok: {args.path}: {plural(len(result.layers), 'layer')} of {result.model_name!r} proved with "
               f"jax.eval_shape for any batch size; {result.total_params:,} params "
               f"({result.trainable_params:,} trainable, {result.non_trainable_params:,} non-trainable)")
     elif args.command == "train":
@@ -259,11 +259,6 @@ def _interrupted(args: argparse.Namespace) -> str:
                 "the same command starts the run again")
     return (f"jaxcnn train: interrupted; the same command resumes the run from the checkpoint of step "
             f"{max(steps)} in {folder / str(max(steps))}")
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 layer``, ``2 layers``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _is_tty(stream: Any) -> bool:

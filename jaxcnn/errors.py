@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "describe_value",
+    "plural",
     "JaxcnnError",
     "LayerArgumentError",
     "ImpossibleShapeError",
@@ -34,6 +35,12 @@ def describe_value(value: Any) -> str:
         if type(value) is kind:
             return f"{label} ({value!r})" if kind in (str, bool, int, float) else label
     return type(value).__name__
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 layer``, ``2 layers``, ``1,024 steps``: a count and its noun, for messages (``nouns``:
+    the plural where it is not ``noun + "s"``, as ``"classes"``)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 class JaxcnnError(Exception):

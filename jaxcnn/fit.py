@@ -68,7 +68,7 @@ from jaxcnn import data as data_lib
 from jaxcnn import parallel
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
-from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError
+from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError, plural
 from jaxcnn.files import atomic_path, write_atomic
 from jaxcnn.model import Sequential
 from jaxcnn.train import CompiledModel, Metrics, TrainState, class_labels, compile, params_sha256
@@ -80,10 +80,6 @@ SEED_MAX = 2**32 - 1
 CURVES_SECONDS = 15.0
 # [train] keys a resume may change: they do not change what the run computes (epochs may grow).
 _RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "keep_checkpoints")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,9 +312,9 @@ def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
     docstring); a best checkpoint that a kill kept from being written is written now."""
     restored = checkpoints.restore(run.layout.with_shardings(run.compiled.abstract_state()))
     if restored is None:
-        out.say(f"training {run.model.name!r} ({_plural(run.model.count_params(), 'param')}) on {run.train.name}: "
+        out.say(f"training {run.model.name!r} ({plural(run.model.count_params(), 'param')}) on {run.train.name}: "
                 f"{len(run.train)} train / {len(run.val)} validation / {len(run.test)} test examples, "
-                f"{_plural(run.config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
+                f"{plural(run.config.epochs, 'epoch')} of {plural(run.steps_per_epoch, 'step')}, "
                 f"workdir {run.workdir}; {_describe_layout(run)}")
         return run.compiled.init(run.config.seed), _new_record(run)
     state, record = restored
@@ -327,7 +323,7 @@ def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
     was = int(record.get("epochs", run.config.epochs))
     if run.config.epochs < was:
         raise ConfigError(
-            f"(={run.config.epochs}) is fewer than the {_plural(was, 'epoch')} of the run that wrote the "
+            f"(={run.config.epochs}) is fewer than the {plural(was, 'epoch')} of the run that wrote the "
             f"checkpoint of step {step} in {checkpoints.directory}; epochs may grow on a resume, not shrink",
             source=run.source, key="train.epochs")
     if run.config.epochs > was:
@@ -463,7 +459,7 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any], sums: Metri
             if patience and record["bad_epochs"] >= patience:
                 record["stopped_early"] = True
                 out.say(f"early stopping: {run.config.monitor} has not improved for "
-                        f"{_plural(record['bad_epochs'], 'epoch')}")
+                        f"{plural(record['bad_epochs'], 'epoch')}")
     # checkpoints/ first: a kill before best/ is written is repaired on resume (_start_or_resume).
     checkpoints.save(step, state, _record_with(record, step, None))
     if improved:
@@ -508,7 +504,7 @@ def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock,
     if run.lead:
         write_atomic(run.workdir / "results.json", json.dumps(results, indent=1) + "\n")
     out.say(f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}; "
-            f"{_plural(results['steps'], 'step')} in {results['train_seconds']:.1f} s; results in "
+            f"{plural(results['steps'], 'step')} in {results['train_seconds']:.1f} s; results in "
             f"{run.workdir / 'results.json'}")
     return results
 
@@ -585,7 +581,7 @@ def _plot(history: list[dict[str, Any]], path: pathlib.Path, title: str) -> None
 def _describe_layout(run: _Run) -> str:
     layout = run.layout
     devices = layout.mesh.devices.flat
-    where = _plural(layout.size, f"{next(iter(devices)).platform} device")
+    where = plural(layout.size, f"{next(iter(devices)).platform} device")
     if jax.process_count() > 1:
         where += f" over {jax.process_count()} processes"
     padding = f", padded to {run.global_batch}" if run.global_batch != run.config.batch_size else ""

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, plural
 
 __all__ = ["AXIS", "STRATEGIES", "Layout", "MeshConfig", "initialize_distributed"]
 
@@ -100,7 +100,7 @@ class Layout:
         devices = list(jax.devices() if devices is None else devices)
         if config.devices:
             if config.devices > len(devices):
-                raise ConfigError(f"(={config.devices}) is more than the {len(devices)} devices JAX sees "
+                raise ConfigError(f"(={config.devices}) is more than the {plural(len(devices), 'device')} JAX sees "
                                   f"({devices[0].platform}); on CPU, set JAX_NUM_CPU_DEVICES before JAX starts",
                                   key="mesh.devices")
             if jax.process_count() > 1 and config.devices != len(devices):

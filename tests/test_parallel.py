@@ -242,7 +242,7 @@ def test_the_mesh_table_is_checked(tmp_path):
         MeshConfig.from_table({"shards": 2}, source="run.toml")
     with pytest.raises(ConfigError, match=r"mesh.uneven_batch"):
         MeshConfig.from_table({"uneven_batch": "drop"})
-    with pytest.raises(ConfigError, match=r"mesh.devices.*\(=4\) is more than the 1 devices JAX sees.*JAX_NUM_CPU_DEVICES"):
+    with pytest.raises(ConfigError, match=r"mesh.devices.*\(=4\) is more than the 1 device JAX sees.*JAX_NUM_CPU_DEVICES"):
         Layout.create(MeshConfig(devices=4))
     config = write_config(tmp_path, strategy="data")
     config.write_text(config.read_text().replace('strategy = "data"', 'strategy = "model"'))
