@@ -98,7 +98,23 @@ def test_a_run_writes_checkpoints_metrics_plot_and_results(tmp_path):
     assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [8, 10]
     assert len([p for p in (workdir / "best").iterdir() if p.name.isdigit()]) == 1
-    assert 0.0 <= results["test_accuracy"] <= 1.0
+    assert results["data"] == {"name": "digits/train", "train": 150, "validation": 180, "test": 359}
+    # The reported test figures are those of the final checkpoint's parameters on the test split.
+    from jaxcnn import data as data_lib
+    from jaxcnn.checkpoint import Checkpoints, model_fingerprint
+    from jaxcnn.config import load
+    from jaxcnn.train import compile
+
+    model = load(config)
+    compiled = compile(model, {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9})
+    state, _ = Checkpoints(workdir / "checkpoints", fingerprint=model_fingerprint(model)).restore(
+        compiled.abstract_state())
+    test = data_lib.dataset_from_config({"name": "digits", "validation": 0.1, "test": 0.2, "limit": 150},
+                                        input_shape=(8, 8, 1), seed=3)[2]
+    again = compiled.evaluate(state, data_lib.batches(test, 32, shuffle=False))
+    assert (results["test_accuracy"], results["test_loss"]) == pytest.approx((again["accuracy"], again["loss"]), rel=1e-6)
+    assert round(results["test_accuracy"] * 359) == pytest.approx(results["test_accuracy"] * 359)
+    assert results["test_accuracy"] > 0.3  # 10 classes: far above chance after 10 steps
 
 
 class Crash(Exception):
