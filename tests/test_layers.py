@@ -142,9 +142,41 @@ def test_bad_arguments_are_refused_naming_the_layer_type_argument_and_value(make
 
 
 def test_snake_case_names_match_keras():
-    assert [snake_case(name) for name in LAYER_TYPES] == [
-        "conv2d", "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
-        "global_max_pooling2d", "flatten", "dense", "dropout", "activation", "batch_normalization"]
+    keras_names = {  # Keras's default layer names (keras.src.utils.naming.to_snake_case of the class)
+        "Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AveragePooling2D": "average_pooling2d",
+        "GlobalAveragePooling2D": "global_average_pooling2d", "GlobalMaxPooling2D": "global_max_pooling2d",
+        "Flatten": "flatten", "Dense": "dense", "Dropout": "dropout", "Activation": "activation",
+        "BatchNormalization": "batch_normalization"}
+    assert {name: snake_case(name) for name in LAYER_TYPES if name in keras_names} == keras_names
+    assert set(keras_names) <= set(LAYER_TYPES)
+
+
+def test_a_layer_kind_registers_itself_where_it_is_defined():
+    """Defining a kind in jaxcnn.layers registers it; elsewhere only with register=True."""
+    import dataclasses
+
+    from jaxcnn.layers import Layer
+
+    @dataclasses.dataclass(frozen=True)
+    class NotRegistered(Layer):
+        pass
+
+    assert "NotRegistered" not in LAYER_TYPES
+    try:
+        @dataclasses.dataclass(frozen=True)
+        class MyScale(Layer, register=True):
+            factor: float = 2.0
+
+        assert LAYER_TYPES["MyScale"] is MyScale
+        with pytest.raises(LayerArgumentError, match="a layer kind named 'MyScale' is already registered"):
+            class MyScale(Layer, register=True):  # noqa: F811
+                pass
+    finally:
+        from jaxcnn.layers import base
+
+        base._REGISTRY.pop("MyScale", None)
+    for name, cls in LAYER_TYPES.items():  # every kind is exported by the package under its name
+        assert getattr(jaxcnn.layers, name) is cls and name in jaxcnn.layers.__all__
 
 
 @pytest.mark.parametrize(
