@@ -249,6 +249,10 @@ class Layer:
     input_shape: Shape | None = None
 
     has_params: ClassVar[bool] = False
+    num_inputs: ClassVar[int | None] = 1
+    """How many inputs the layer takes: 1, or ``None`` for two or more (the merging layers). Where
+    it is not 1, ``output_shape``, ``param_shapes``, ``formula`` and ``flops`` take a tuple of
+    input shapes, and ``forward`` a tuple of arrays, where a one-input layer takes one."""
 
     def __init_subclass__(cls, *, register: bool | None = None, **kwargs: Any) -> None:
         """A layer kind joins :data:`LAYER_TYPES` (configs and Keras JSON name it by its class name)
