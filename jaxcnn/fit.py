@@ -370,8 +370,13 @@ class _Clock:
         self.started, self.segment_from = time.perf_counter(), done
 
 
-def _sums_of(record: dict[str, Any], top_k: int) -> Metrics:
-    sums = Metrics.empty(top_k)
+def _empty_sums(run: _Run) -> Metrics:
+    return Metrics.empty(run.compiled.top_k, run.compiled.accuracy)
+
+
+def _sums_of(record: dict[str, Any], run: _Run) -> Metrics:
+    """The epoch's sums so far, as a mid-epoch checkpoint recorded them."""
+    sums = _empty_sums(run)
     if record.get("epoch_sums"):
         sums = sums.replace(**{k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in record["epoch_sums"].items()})
     return sums
@@ -387,7 +392,7 @@ def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: in
                  checkpoints: Checkpoints, out: Progress, clock: _Clock,
                  on_step: Callable[[int], None] | None) -> tuple[TrainState, Metrics]:
     """The steps of ``epoch`` from its step ``start`` on; returns the state and the epoch's sums."""
-    sums = _sums_of(record, run.compiled.top_k) if start else Metrics.empty(run.compiled.top_k)
+    sums = _sums_of(record, run) if start else _empty_sums(run)
     checkpoint_due = Every(steps=run.config.checkpoint_every_steps)
     step = epoch * run.steps_per_epoch + start
     clock.started, clock.segment_from = time.perf_counter(), start
