@@ -160,6 +160,11 @@ class Softmax(Layer):
         super().__post_init__()
         _set(self, axis=_axis_arg(self.type, "axis", self.axis))
 
+    @property
+    def mixes_positions(self) -> bool:  # type: ignore[override]
+        """A softmax over more than the last axis mixes positions (conservatively: any other axis)."""
+        return self.axis != -1
+
     def output_shape(self, input_shape: Shape) -> Shape:
         _resolve_axes(self, "axis", self.axis, input_shape)
         return tuple(input_shape)

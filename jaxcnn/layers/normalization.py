@@ -176,6 +176,11 @@ class LayerNormalization(_Affine):
         super().__post_init__()
         _set(self, axis=_axis_arg(self.type, "axis", self.axis))
 
+    @property
+    def mixes_positions(self) -> bool:  # type: ignore[override]
+        """Statistics over more than the last axis mix positions (conservatively: any other axis)."""
+        return self.axis != -1
+
     def _weight_shape(self, input_shape: Shape) -> Shape:
         return tuple(input_shape[a - 1] for a in _resolve_axes(self, "axis", self.axis, input_shape))
 
@@ -214,6 +219,8 @@ class GroupNormalization(_Affine):
             raise _fail(t, "groups", self.groups, "must be a positive integer, or -1 (instance normalization)")
         if not _is_int(self.axis):
             raise _fail(t, "axis", self.axis, "must be an integer axis")
+
+    mixes_positions: ClassVar[bool] = True  # the statistics are over the whole image
 
     def _groups(self, input_shape: Shape) -> tuple[int, int]:
         """``(axis position in the batched array, groups)``, checked against the input."""

@@ -41,7 +41,8 @@ class Dropout(Layer):
 
     ``noise_shape`` is Keras's: the mask's shape with the batch axis, each entry ``None`` (the
     input's size, as Keras fills it), 1 (the mask is shared along that axis) or the input's size;
-    ``(None, 1, 1, C)`` drops whole channels of ``(batch, H, W, C)``."""
+    ``(None, 1, 1, C)`` drops whole channels of ``(batch, H, W, C)``. ``-1`` is read as ``None``
+    (TOML has no null, and a config written back holds ``-1`` there)."""
 
     rate: float
     noise_shape: tuple[int | None, ...] | None = None
@@ -53,12 +54,18 @@ class Dropout(Layer):
         noise = self.noise_shape
         if noise is not None:
             if (not isinstance(noise, (tuple, list)) or not noise
-                    or not all(d is None or (_is_int(d) and d >= 1) for d in noise)):
+                    or not all(d is None or (_is_int(d) and (d >= 1 or d == -1)) for d in noise)):
                 raise _fail(t, "noise_shape", noise, "must be a list of positive integers or None entries, "
                                                      "the batch axis first, such as [None, 1, 1, 64]")
-            noise = tuple(noise)
+            noise = tuple(None if d == -1 else d for d in noise)
         _set(self, rate=_float(t, "rate", self.rate, 0.0, 1.0, hi_open=True), noise_shape=noise,
              seed=_seed(t, self.seed))
+
+    def arguments(self) -> dict[str, Any]:
+        out = super().arguments()
+        if self.noise_shape is not None:  # None entries as -1: TOML has no null
+            out["noise_shape"] = [-1 if d is None else d for d in self.noise_shape]
+        return out
 
     def output_shape(self, input_shape: Shape) -> Shape:
         self._noise(input_shape)
