@@ -216,7 +216,8 @@ def test_batch_normalization_center_and_scale_false_from_keras_json():
 
 def test_the_new_kinds_round_trip_through_toml(tmp_path):
     model = jaxcnn.Sequential([
-        ZeroPadding2D(((0, 1), (2, 3)), input_shape=(6, 6, 4)), Cropping2D(1), UpSampling2D(2, interpolation="bilinear"),
+        ZeroPadding2D(((0, 1), (2, 3)), input_shape=(6, 6, 4)), Cropping2D(1),
+        UpSampling2D(2, interpolation="bilinear"),
         ReLU(max_value=6), LeakyReLU(0.1), PReLU(shared_axes=[1, 2]), ELU(0.5), Softmax(axis=[1, 2]),
         SpatialDropout2D(0.1), Dropout(0.2, noise_shape=[None, 1, 1, None]), GaussianNoise(0.1), GaussianDropout(0.1),
         LayerNormalization(epsilon=1e-6), GroupNormalization(2), Normalization(),
@@ -289,6 +290,15 @@ def test_upsampling_bilinear_matches_the_reference():
     # the first row of a 2x upsampled row [0, 1]: 0, 0.25, 0.75, 1 (edges clamped)
     y, _ = run(UpSampling2D((1, 2), interpolation="bilinear"), np.array([0.0, 1.0]).reshape(1, 1, 2, 1))
     np.testing.assert_allclose(y.ravel(), [0.0, 0.25, 0.75, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos3", "lanczos5"])
+def test_upsampling_is_keras_jax_backend_resize(interpolation):
+    # keras/src/backend/jax/image.py: resize(images, size) is jax.image.resize of the whole batch,
+    # method=interpolation, antialias=False (ops.image.resize's default)
+    x = RNG.normal(size=(2, 3, 5, 2)).astype(np.float32)
+    want = jax.image.resize(x, (2, 6, 15, 2), method=interpolation, antialias=False)
+    np.testing.assert_allclose(run(UpSampling2D((2, 3), interpolation=interpolation), x)[0], want, atol=1e-6)
 
 
 def relu_reference(x, negative_slope=0.0, max_value=None, threshold=0.0):
@@ -588,3 +598,29 @@ def test_statistics_over_the_image_make_the_receptive_field_global():
                                Conv2D(4, 3)], input_shape=(12, 12, 3))
     fields = [row.receptive_field for row in model.summarize().rows]
     assert fields == [(3, 3), (3, 3), (5, 5), None, None]
+
+
+def test_normalization_over_no_axis_and_group_normalization_over_another_axis():
+    # axis=None: one scalar mean and variance (Keras: keep_axis (), weights of shape ()): 1 + 1 + 1 = 3
+    assert figures(model_of(Normalization(axis=None), (4, 4, 3))) == ((4, 4, 3), 0, 3)
+    x = RNG.normal(size=(2, 4, 6, 2)).astype(np.float32)
+    gamma, beta = RNG.normal(size=(4,)), RNG.normal(size=(4,))
+    y, _ = run(GroupNormalization(groups=2, axis=1), x, params={"gamma": gamma, "beta": beta})
+    moved = np.moveaxis(x, 1, -1)  # the reference is channels-last: normalize axis 1 as the channels
+    want = group_norm_reference(moved, 2, gamma, beta, 1e-3)
+    np.testing.assert_allclose(y, np.moveaxis(want, -1, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(("class_name", "layer_config", "message"), [
+    ("LayerNormalization", {"rms_scaling": True}, r"rms_scaling=true is not supported"),
+    ("PReLU", {"alpha_regularizer": {"class_name": "L1", "config": {"l1": 0.01}}}, r"alpha_regularizer=.* is not "
+                                                                                   r"supported"),
+    ("SpatialDropout2D", {"rate": 0.1, "noise_shape": [None, 1, 1, 3]}, r"noise_shape=\[null, 1, 1, 3\] is not "
+                                                                         r"supported: only jaxcnn's Dropout"),
+    ("Cropping2D", {"cropping": [[1, 1], [1, 1]], "data_format": "channels_first"},
+     r'data_format="channels_first" is not supported'),
+    ("GroupNormalization", {"groups": 3}, r"`groups` \(=3\) must divide the 4 channels"),
+])
+def test_keras_json_refusals_name_the_layer(class_name, layer_config, message):
+    with pytest.raises(jaxcnn.JaxcnnError, match=rf"^k\.json: layer 0 'layer' \({class_name}\): {message}"):
+        from_json(class_name, layer_config, (4, 4, 4)).check()

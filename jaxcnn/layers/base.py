@@ -15,9 +15,11 @@ Each spec knows, for a given input shape (without the batch axis), in closed for
   ``module.variable``, ``module.make_rng``) on ``x`` of shape ``(batch, *input_shape)``.
 
 Adding a layer kind is one class in the module of its family (``convolutional``, ``pooling``,
-``reshaping``, ``core``, ``regularization``, ``activations``, ``normalization``, as Keras's own source
-is laid out): defining it registers it in :data:`LAYER_TYPES` under its class name. Shapes are ``(height, width, channels)`` for images,
-``(features,)`` after ``Flatten``; the batch axis is never part of a spec's shapes.
+``reshaping``, ``core``, ``regularization``, ``activations``, ``normalization``, ``preprocessing``, as
+Keras's own source is laid out; ``applications`` for the custom layers of ``keras.applications``):
+defining it registers it in :data:`LAYER_TYPES` under its class name. Shapes are ``(height, width,
+channels)`` for images, ``(features,)`` after ``Flatten``; the batch axis is never part of a spec's
+shapes.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError
-from jaxcnn.layers.base import (Formula, Layer, Shape, _Windowed, _bool, _choice, _data_format, _fmt_shape, _padding, _pair,
-                               _require_rank, _set)
+from jaxcnn.layers.base import (Formula, Layer, Shape, _Windowed, _bool, _choice, _data_format, _fmt_shape, _padding,
+                               _pair, _require_rank, _set)
 
 __all__ = ['AveragePooling2D', 'GlobalAveragePooling2D', 'GlobalMaxPooling2D', 'MaxPooling2D']
 
@@ -87,7 +87,8 @@ class _Pooling2D(_Windowed):
 
 @dataclasses.dataclass(frozen=True)
 class MaxPooling2D(_Pooling2D):
-    """``MaxPooling2D(pool_size=2, strides=None (= pool_size), padding="valid", data_format=None)``; SAME pads with -inf."""
+    """``MaxPooling2D(pool_size=2, strides=None (= pool_size), padding="valid", data_format=None)``; SAME
+    pads with -inf."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import ImpossibleShapeError
-from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _bool, _fail, _fmt_shape, _is_int, _resolve_axes, _set
+from jaxcnn.layers.base import (Formula, Layer, ParamShapes, Shape, _bool, _fail, _fmt_shape, _is_int, _resolve_axes,
+                               _set)
 
 __all__ = ['Normalization', 'Rescaling']
 
