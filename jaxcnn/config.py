@@ -399,6 +399,8 @@ _KERAS_ALIASES = {
     "GlobalAvgPool2D": "GlobalAveragePooling2D",
     "GlobalMaxPool2D": "GlobalMaxPooling2D",
 }
+# Keras 2 argument names of Keras 3's arguments: (class, Keras 2 name) -> the spec's field.
+_KERAS_RENAMED = {("LeakyReLU", "alpha"): "negative_slope"}
 # Initializers jaxcnn has no argument for: only their Keras defaults are accepted.
 _FIXED_INITIALIZERS = {
     "BatchNormalization": {
@@ -621,14 +623,16 @@ def _keras_arguments(
         try:
             if key in ("batch_input_shape", "batch_shape"):
                 batch_shape = _batch_shape(value, key, where)
-            elif key in fields:
-                if key.endswith("_initializer"):
+            elif key == "data_format":  # refused here by name, with the spec's field left at its default
+                _harmless(key, value)
+            elif (field := _KERAS_RENAMED.get((cls.__name__, key), key)) in fields:
+                if field.endswith("_initializer"):
                     value = _keras_initializer(value)
-                elif key == "activation":
+                elif field == "activation":
                     value = _keras_activation(value)
-                elif key == "axis" and cls.__name__ == "BatchNormalization":
+                elif field == "axis" and cls.__name__ == "BatchNormalization":
                     value, axis_to_check = _keras_axis(value)
-                kwargs[key] = value
+                kwargs[field] = value
             elif key in fixed:
                 if _keras_initializer(value) != fixed[key]:
                     raise _Refused(f"jaxcnn initializes it with {fixed[key]}")
@@ -653,8 +657,8 @@ def _harmless(key: str, value: Any) -> None:
     elif key == "groups":
         ok, why = _is_int(value) and value == 1, "jaxcnn has no grouped convolutions"
     elif key == "noise_shape":
-        ok, why = value is None, "jaxcnn's Dropout has no noise shape"
-    elif key in ("synchronized", "renorm"):
+        ok, why = value is None, "only jaxcnn's Dropout has a noise shape"
+    elif key in ("synchronized", "renorm", "rms_scaling"):
         ok, why = value is False, ""
     elif key.startswith("renorm_"):
         ok, why = True, ""  # only used with renorm=true, refused above

@@ -15,14 +15,17 @@ Each spec knows, for a given input shape (without the batch axis), in closed for
   ``module.variable``, ``module.make_rng``) on ``x`` of shape ``(batch, *input_shape)``.
 
 Adding a layer kind is one class in the module of its family (``convolutional``, ``pooling``,
-``reshaping``, ``core``, ``regularization``, ``activations``, ``normalization``, as Keras's own source
-is laid out): defining it registers it in :data:`LAYER_TYPES` under its class name. Shapes are ``(height, width, channels)`` for images,
-``(features,)`` after ``Flatten``; the batch axis is never part of a spec's shapes.
+``reshaping``, ``core``, ``regularization``, ``activations``, ``normalization``, ``preprocessing``, as
+Keras's own source is laid out; ``applications`` for the custom layers of ``keras.applications``):
+defining it registers it in :data:`LAYER_TYPES` under its class name. Shapes are ``(height, width,
+channels)`` for images, ``(features,)`` after ``Flatten``; the batch axis is never part of a spec's
+shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 from collections.abc import Mapping
@@ -163,6 +166,55 @@ def _shape(layer: str, arg: str, value: Any) -> Shape | None:
     ):
         raise _fail(layer, arg, value, "must be a non-empty list of positive integers, such as (32, 32, 3)")
     return tuple(value)
+
+
+def _data_format(layer: str, value: Any) -> str:
+    """Keras's ``data_format``: ``"channels_last"`` (or ``None``, Keras's default, which resolves to
+    it); ``"channels_first"`` is refused by name: jaxcnn's images are ``(height, width, channels)``."""
+    if value is None or value == "channels_last":
+        return "channels_last"
+    if value == "channels_first":
+        raise _fail(layer, "data_format", value,
+                    "is not supported: jaxcnn is channels-last, (batch, height, width, channels); "
+                    "use 'channels_last' (or None)")
+    raise _fail(layer, "data_format", value, "must be 'channels_last' (or None)")
+
+
+def _number(layer: str, arg: str, value: Any, lo: float = -math.inf) -> float:
+    """A finite number >= ``lo`` (ints accepted), as a float."""
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or value < lo):
+        bound = "" if lo == -math.inf else f" >= {lo:g}"
+        raise _fail(layer, arg, value, f"must be a finite number{bound}")
+    return float(value)
+
+
+def _axis_arg(layer: str, arg: str, value: Any) -> int | tuple[int, ...]:
+    """Keras's ``axis``: an int or a non-empty list of distinct ints, counting the batch axis as 0
+    (``-1`` is the last axis). A one-element list is the int."""
+    axes = (value,) if _is_int(value) else value
+    if (not isinstance(axes, (tuple, list)) or not axes or not all(_is_int(a) for a in axes)
+            or len(set(axes)) != len(axes)):
+        raise _fail(layer, arg, value, "must be an integer axis or a list of distinct integer axes")
+    return axes[0] if len(axes) == 1 else tuple(axes)
+
+
+def _resolve_axes(layer: Layer, arg: str, axes: int | tuple[int, ...], input_shape: Shape) -> tuple[int, ...]:
+    """Keras axes (batch axis 0, negative from the end) as sorted positions ``1..rank`` in the
+    batched array; the batch axis and axes out of range are refused."""
+    rank = len(input_shape) + 1
+    out = []
+    for a in (axes,) if isinstance(axes, int) else axes:
+        pos = a + rank if a < 0 else a
+        if not 1 <= pos < rank:
+            raise ImpossibleShapeError(
+                f"`{arg}` (={axes!r}) is out of range for the input {_fmt_shape(tuple(input_shape))}: the axes "
+                f"are 1..{rank - 1} (or -1..-{rank - 1}); 0 is the batch axis",
+                layer_type=layer.type)
+        out.append(pos)
+    if len(set(out)) != len(out):
+        raise ImpossibleShapeError(f"`{arg}` (={axes!r}) names the same axis twice", layer_type=layer.type)
+    return tuple(sorted(out))
 
 
 def _set(obj: Any, **values: Any) -> None:

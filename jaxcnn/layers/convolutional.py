@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxcnn import lowerings
 from jaxcnn.errors import LayerArgumentError
 from jaxcnn.layers.base import (_CANONICAL_DEFAULTS, Formula, ParamShapes, Shape, _Windowed, _apply_activation,
-                               _choice, _padding, _pair, _positive_int, _require_rank, _set, _weights)
+                               _choice, _data_format, _padding, _pair, _positive_int, _require_rank, _set, _weights)
 from jaxcnn.layers.initializers import INITIALIZERS
 
 __all__ = ['Conv2D']
@@ -19,7 +19,7 @@ __all__ = ['Conv2D']
 
 @dataclasses.dataclass(frozen=True)
 class Conv2D(_Windowed):
-    """``Conv2D(filters, kernel_size, strides=1, padding="valid", dilation_rate=1, activation=None,
+    """``Conv2D(filters, kernel_size, strides=1, padding="valid", data_format=None, dilation_rate=1, activation=None,
     use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros")``.
 
     Input ``(batch, H, W, D_in)``, output ``(batch, H_out, W_out, filters)``; kernel
@@ -30,6 +30,7 @@ class Conv2D(_Windowed):
     kernel_size: int | tuple[int, int]
     strides: int | tuple[int, int] = 1
     padding: str = "valid"
+    data_format: str | None = "channels_last"  # Keras's; "channels_first" is refused
     dilation_rate: int | tuple[int, int] = 1
     activation: str | None = None
     use_bias: bool = True
@@ -49,6 +50,7 @@ class Conv2D(_Windowed):
             kernel_size=_pair(t, "kernel_size", self.kernel_size),
             strides=_pair(t, "strides", self.strides),
             padding=_padding(t, self.padding),
+            data_format=_data_format(t, self.data_format),
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
             **_weights(self),
         )

@@ -1,4 +1,5 @@
-"""Normalization layers: ``BatchNormalization``."""
+"""Normalization layers: ``BatchNormalization``, ``LayerNormalization``, ``GroupNormalization``
+(keras/src/layers/normalization/)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _bool, _fail, _float, _fmt_shape, _set
+from jaxcnn.errors import ImpossibleShapeError
+from jaxcnn.layers.base import (Formula, Layer, ParamShapes, Shape, _axis_arg, _bool, _fail, _float, _fmt_shape,
+                               _initializer, _is_int, _resolve_axes, _set)
+from jaxcnn.layers.initializers import INITIALIZERS
 
-__all__ = ['BatchNormalization']
+__all__ = ['BatchNormalization', 'GroupNormalization', 'LayerNormalization']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +100,163 @@ class BatchNormalization(Layer):
         if self.center:
             y = y + module.param("bias", jax.nn.initializers.zeros, (c,), jnp.float32).astype(x.dtype)
         return y
+
+
+def _epsilon(layer: str, value: Any) -> float:
+    epsilon = _float(layer, "epsilon", value, 0.0, math.inf)
+    if epsilon <= 0:
+        raise _fail(layer, "epsilon", value, "must be positive")
+    return epsilon
+
+
+@dataclasses.dataclass(frozen=True)
+class _Affine(Layer):
+    """The ``epsilon``, ``center``, ``scale`` and initializer arguments of Layer and Group
+    normalization, and their trainable ``gamma`` (scale) and ``beta`` (offset). The fields are
+    declared by each kind, in Keras's argument order (``epsilon``, ``center``, ``scale``,
+    ``beta_initializer``, ``gamma_initializer``)."""
+
+    has_params: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        t = self.type
+        _set(self, epsilon=_epsilon(t, self.epsilon), center=_bool(t, "center", self.center),
+             scale=_bool(t, "scale", self.scale),
+             beta_initializer=_initializer(t, "beta_initializer", self.beta_initializer),
+             gamma_initializer=_initializer(t, "gamma_initializer", self.gamma_initializer))
+
+    def _weight_shape(self, input_shape: Shape) -> Shape:
+        raise NotImplementedError
+
+    def param_shapes(self, input_shape: Shape) -> ParamShapes:
+        shape = self._weight_shape(input_shape)
+        params = {name: shape for name, on in (("gamma", self.scale), ("beta", self.center)) if on}
+        return {"params": params} if params else {}
+
+    def formula(self, input_shape: Shape) -> Formula:
+        shape = self._weight_shape(input_shape)
+        names = [name for name, on in (("gamma", self.scale), ("beta", self.center)) if on]
+        n = math.prod(shape)
+        params = "0 (center and scale off)" if not names else (
+            " + ".join(f"{name} {shape}" for name in names) + f" = {len(names)}*{n:,} = {len(names) * n:,}")
+        return Formula(output=f"output = input = {_fmt_shape(tuple(input_shape))}", params=params)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        self._weight_shape(input_shape)
+        return tuple(input_shape)
+
+    def _affine(self, module: Any, y: jax.Array, shape: Shape, broadcast: Shape) -> jax.Array:
+        """``y * gamma + beta``, the weights of ``shape`` reshaped to ``broadcast``."""
+        if self.scale:
+            gamma = module.param("gamma", INITIALIZERS[self.gamma_initializer], shape, jnp.float32)
+            y = y * gamma.reshape(broadcast)
+        if self.center:
+            beta = module.param("beta", INITIALIZERS[self.beta_initializer], shape, jnp.float32)
+            y = y + beta.reshape(broadcast)
+        return y
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormalization(_Affine):
+    """``LayerNormalization(axis=-1, epsilon=0.001, center=True, scale=True,
+    beta_initializer="zeros", gamma_initializer="ones")``: each example normalized over ``axis``
+    (an axis or a list of them; Keras's numbering, 0 is the batch axis), ``(x - mean) /
+    sqrt(var + epsilon) * gamma + beta``, in float32; ``gamma`` and ``beta`` have the shape of the
+    normalized axes, as Keras builds them."""
+
+    axis: int | tuple[int, ...] = -1
+    epsilon: float = 0.001
+    center: bool = True
+    scale: bool = True
+    beta_initializer: str = "zeros"
+    gamma_initializer: str = "ones"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, axis=_axis_arg(self.type, "axis", self.axis))
+
+    @property
+    def mixes_positions(self) -> bool:  # type: ignore[override]
+        """Statistics over more than the last axis mix positions (conservatively: any other axis)."""
+        return self.axis != -1
+
+    def _weight_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape[a - 1] for a in _resolve_axes(self, "axis", self.axis, input_shape))
+
+    def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
+        del train
+        axes = _resolve_axes(self, "axis", self.axis, tuple(x.shape[1:]))
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axes, keepdims=True)
+        var = jnp.var(xf, axes, keepdims=True)
+        y = (xf - mean) * lax.rsqrt(var + self.epsilon)
+        broadcast = tuple(x.shape[a] if a in axes else 1 for a in range(1, x.ndim))
+        return self._affine(module, y, self._weight_shape(tuple(x.shape[1:])), broadcast).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupNormalization(_Affine):
+    """``GroupNormalization(groups=32, axis=-1, epsilon=0.001, center=True, scale=True,
+    beta_initializer="zeros", gamma_initializer="ones")``: the ``C`` channels of ``axis`` split in
+    ``groups`` groups of ``C / groups``; each example normalized per group over the other axes and
+    the group's channels, then ``* gamma + beta`` per channel (``gamma``, ``beta``: ``(C,)``).
+    ``groups=-1`` is one group per channel (instance normalization); ``groups`` must divide ``C``
+    (refused otherwise, as Keras refuses it)."""
+
+    groups: int = 32
+    axis: int = -1
+    epsilon: float = 0.001
+    center: bool = True
+    scale: bool = True
+    beta_initializer: str = "zeros"
+    gamma_initializer: str = "ones"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        t = self.type
+        if not _is_int(self.groups) or (self.groups < 1 and self.groups != -1):
+            raise _fail(t, "groups", self.groups, "must be a positive integer, or -1 (instance normalization)")
+        if not _is_int(self.axis):
+            raise _fail(t, "axis", self.axis, "must be an integer axis")
+
+    mixes_positions: ClassVar[bool] = True  # the statistics are over the whole image
+
+    def _groups(self, input_shape: Shape) -> tuple[int, int]:
+        """``(axis position in the batched array, groups)``, checked against the input."""
+        (axis,) = _resolve_axes(self, "axis", self.axis, input_shape)
+        channels = input_shape[axis - 1]
+        groups = channels if self.groups == -1 else self.groups
+        if groups > channels:
+            raise ImpossibleShapeError(
+                f"`groups` (={groups}) cannot be more than the {channels} channels of axis {self.axis} "
+                "(Keras refuses it too)", layer_type=self.type)
+        if channels % groups:
+            raise ImpossibleShapeError(
+                f"`groups` (={groups}) must divide the {channels} channels of axis {self.axis}: "
+                f"{channels} / {groups} = {channels / groups:g} (Keras refuses it too)", layer_type=self.type)
+        return axis, groups
+
+    def _weight_shape(self, input_shape: Shape) -> Shape:
+        axis, _ = self._groups(input_shape)
+        return (input_shape[axis - 1],)
+
+    def formula(self, input_shape: Shape) -> Formula:
+        axis, groups = self._groups(input_shape)
+        c = input_shape[axis - 1]
+        base = super().formula(input_shape)
+        return Formula(output=f"{base.output}; {groups} groups of {c} / {groups} = {c // groups} channels",
+                       params=base.params)
+
+    def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
+        del train
+        axis, groups = self._groups(tuple(x.shape[1:]))
+        c = x.shape[axis]
+        split = (*x.shape[:axis], groups, c // groups, *x.shape[axis + 1:])
+        xg = x.astype(jnp.float32).reshape(split)
+        reduce = tuple(a for a in range(1, xg.ndim) if a != axis)  # all but the batch and the group
+        mean = jnp.mean(xg, reduce, keepdims=True)
+        var = jnp.var(xg, reduce, keepdims=True)
+        y = ((xg - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        broadcast = tuple(c if a == axis else 1 for a in range(1, x.ndim))
+        return self._affine(module, y, (c,), broadcast).astype(x.dtype)

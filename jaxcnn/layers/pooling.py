@@ -11,8 +11,8 @@ import jax.numpy as jnp
 
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError
-from jaxcnn.layers.base import (Formula, Layer, Shape, _Windowed, _bool, _choice, _fmt_shape, _padding, _pair,
-                               _require_rank, _set)
+from jaxcnn.layers.base import (Formula, Layer, Shape, _Windowed, _bool, _choice, _data_format, _fmt_shape, _padding,
+                               _pair, _require_rank, _set)
 
 __all__ = ['AveragePooling2D', 'GlobalAveragePooling2D', 'GlobalMaxPooling2D', 'MaxPooling2D']
 
@@ -22,6 +22,7 @@ class _Pooling2D(_Windowed):
     pool_size: int | tuple[int, int] = 2
     strides: int | tuple[int, int] | None = None
     padding: str = "valid"
+    data_format: str | None = "channels_last"  # Keras's; "channels_first" is refused
     lowering: str = "auto"  # jaxcnn's: "auto", "reduce_window" or "reshape" (tiling windows only)
 
     def __post_init__(self) -> None:
@@ -30,6 +31,7 @@ class _Pooling2D(_Windowed):
         pool = _pair(t, "pool_size", self.pool_size)
         strides = pool if self.strides is None else _pair(t, "strides", self.strides)
         _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding),
+             data_format=_data_format(t, self.data_format),
              lowering=_choice(t, "lowering", self.lowering, lowerings.POOL_LOWERINGS))
 
     def _forced_lowering_applies(self, input_shape: Shape) -> None:
@@ -85,7 +87,8 @@ class _Pooling2D(_Windowed):
 
 @dataclasses.dataclass(frozen=True)
 class MaxPooling2D(_Pooling2D):
-    """``MaxPooling2D(pool_size=2, strides=None (= pool_size), padding="valid")``; SAME pads with -inf."""
+    """``MaxPooling2D(pool_size=2, strides=None (= pool_size), padding="valid", data_format=None)``; SAME
+    pads with -inf."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
@@ -94,7 +97,7 @@ class MaxPooling2D(_Pooling2D):
 
 @dataclasses.dataclass(frozen=True)
 class AveragePooling2D(_Pooling2D):
-    """``AveragePooling2D(pool_size=2, strides=None (= pool_size), padding="valid")``; with SAME
+    """``AveragePooling2D(pool_size=2, strides=None (= pool_size), padding="valid", data_format=None)``; with SAME
     padding each window is averaged over its real (unpadded) elements, as Keras does."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
@@ -109,13 +112,15 @@ class AveragePooling2D(_Pooling2D):
 
 @dataclasses.dataclass(frozen=True)
 class _GlobalPooling2D(Layer):
+    data_format: str | None = "channels_last"  # Keras's; "channels_first" is refused
     keepdims: bool = False
 
     mixes_positions: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, keepdims=_bool(self.type, "keepdims", self.keepdims))
+        _set(self, data_format=_data_format(self.type, self.data_format),
+             keepdims=_bool(self.type, "keepdims", self.keepdims))
 
     def output_shape(self, input_shape: Shape) -> Shape:
         _require_rank(self, input_shape, 3, "height, width, channels")
@@ -129,7 +134,7 @@ class _GlobalPooling2D(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class GlobalAveragePooling2D(_GlobalPooling2D):
-    """``GlobalAveragePooling2D(keepdims=False)``: ``(batch, H, W, C)`` -> ``(batch, C)``."""
+    """``GlobalAveragePooling2D(data_format=None, keepdims=False)``: ``(batch, H, W, C)`` -> ``(batch, C)``."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del module, train
@@ -138,7 +143,7 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
 
 @dataclasses.dataclass(frozen=True)
 class GlobalMaxPooling2D(_GlobalPooling2D):
-    """``GlobalMaxPooling2D(keepdims=False)``: ``(batch, H, W, C)`` -> ``(batch, C)``."""
+    """``GlobalMaxPooling2D(data_format=None, keepdims=False)``: ``(batch, H, W, C)`` -> ``(batch, C)``."""
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del module, train
