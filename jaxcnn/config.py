@@ -633,6 +633,8 @@ def _harmless(key: str, value: Any) -> None:
         ok, why = True, ""
     elif key == "data_format":
         ok, why = value in ("channels_last", None), "jaxcnn is channels-last: (height, width, channels)"
+    elif key == "groups":  # tf.keras 2 writes groups=1 into DepthwiseConv2D's config too
+        ok, why = _is_int(value) and value == 1, "only Conv2D takes groups"
     elif key == "noise_shape":
         ok, why = value is None, "jaxcnn's Dropout has no noise shape"
     elif key in ("synchronized", "renorm"):
