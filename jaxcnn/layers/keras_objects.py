@@ -84,8 +84,9 @@ def parse(value: Any, kind: str, known: Mapping[str, Mapping[str, Any]],
     elif isinstance(value, Mapping) and "name" in value:
         raw, params = value["name"], {k: v for k, v in value.items() if k != "name"}
     else:
-        raise ObjectError(f"must be a {kind} name or a table {{name = \"...\", ...}} (or Keras's "
-                          "{\"class_name\": ..., \"config\": {...}})")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ObjectError(f"must be the name of {article} {kind} or a table {{name = \"...\", ...}} (or "
+                          "Keras's {\"class_name\": ..., \"config\": {...}})")
     if not isinstance(raw, str):
         raise ObjectError(f"the {kind}'s name must be a string, got {raw!r}")
     name = _snake(raw)
