@@ -26,7 +26,8 @@ import jaxcnn
 from jaxcnn import config
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
 from jaxcnn.flax_module import build_module
-from jaxcnn.layers import Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
+from jaxcnn.layers import (AveragePooling2D, Conv2D, Conv2DTranspose, DepthwiseConv2D, GlobalAveragePooling2D,
+                           GlobalMaxPooling2D, MaxPooling2D, SeparableConv2D)
 
 # (layer, input shape, output shape, params): Keras's test cases; params by Keras's weight shapes.
 KERAS_CASES = [
@@ -154,11 +155,18 @@ def test_bad_arguments_refused_in_one_line(make, message):
 
 
 def test_data_format_channels_last_accepted_everywhere():
+    # Keras's default, passed explicitly all over Keras's own tests; was a TypeError on Conv2D
     for layer in (Conv2D(4, 3, data_format="channels_last"), DepthwiseConv2D(3, data_format=None),
                   SeparableConv2D(4, 3, data_format="channels_last"),
-                  Conv2DTranspose(4, 3, data_format="channels_last")):
+                  Conv2DTranspose(4, 3, data_format="channels_last"),
+                  MaxPooling2D(2, data_format="channels_last"), AveragePooling2D(data_format=None),
+                  GlobalAveragePooling2D(data_format="channels_last"),
+                  GlobalMaxPooling2D(data_format="channels_last", keepdims=True)):
         assert layer.data_format == "channels_last"
         assert "data_format" not in layer.arguments()
+    with pytest.raises(LayerArgumentError, match=r"^MaxPooling2D: `data_format` \(='channels_first'\) is not "
+                                                  r"supported"):
+        MaxPooling2D(data_format="channels_first")
 
 
 def test_input_channels_not_divisible_by_groups_refused_naming_the_layer():

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError
-from jaxcnn.layers.base import (Formula, Layer, Shape, _Windowed, _bool, _choice, _fmt_shape, _padding, _pair,
-                               _require_rank, _set)
+from jaxcnn.layers.base import (Formula, Layer, Shape, _Windowed, _bool, _choice, _data_format, _fmt_shape,
+                               _padding, _pair, _require_rank, _set)
 
 __all__ = ['AveragePooling2D', 'GlobalAveragePooling2D', 'GlobalMaxPooling2D', 'MaxPooling2D']
 
@@ -22,6 +22,7 @@ class _Pooling2D(_Windowed):
     pool_size: int | tuple[int, int] = 2
     strides: int | tuple[int, int] | None = None
     padding: str = "valid"
+    data_format: str | None = "channels_last"
     lowering: str = "auto"  # jaxcnn's: "auto", "reduce_window" or "reshape" (tiling windows only)
 
     def __post_init__(self) -> None:
@@ -30,6 +31,7 @@ class _Pooling2D(_Windowed):
         pool = _pair(t, "pool_size", self.pool_size)
         strides = pool if self.strides is None else _pair(t, "strides", self.strides)
         _set(self, pool_size=pool, strides=strides, padding=_padding(t, self.padding),
+             data_format=_data_format(t, self.data_format),
              lowering=_choice(t, "lowering", self.lowering, lowerings.POOL_LOWERINGS))
 
     def _forced_lowering_applies(self, input_shape: Shape) -> None:
@@ -109,13 +111,15 @@ class AveragePooling2D(_Pooling2D):
 
 @dataclasses.dataclass(frozen=True)
 class _GlobalPooling2D(Layer):
+    data_format: str | None = "channels_last"
     keepdims: bool = False
 
     mixes_positions: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, keepdims=_bool(self.type, "keepdims", self.keepdims))
+        _set(self, keepdims=_bool(self.type, "keepdims", self.keepdims),
+             data_format=_data_format(self.type, self.data_format))
 
     def output_shape(self, input_shape: Shape) -> Shape:
         _require_rank(self, input_shape, 3, "height, width, channels")
