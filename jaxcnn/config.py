@@ -454,6 +454,7 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
 
     config = doc.get("config")
     build_input_shape = None
+    frozen = False
     if isinstance(config, list):  # Keras 2.2
         name, entries = _DEFAULT_MODEL_NAME, config
     elif isinstance(config, Mapping):  # Keras 3, tf.keras 2
@@ -461,10 +462,10 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
             if key not in _KERAS_MODEL_KEYS:
                 raise UnsupportedError(f"model config {key}={_js(value)} is not supported",
                                        source=source)
-        if config.get("trainable", True) is not True:
-            raise UnsupportedError(
-                f"model config trainable={_js(config['trainable'])} is not supported: jaxcnn has "
-                "no frozen layers", source=source)
+        if not isinstance(config.get("trainable", True), bool):
+            raise ConfigError(f"model config trainable={_js(config['trainable'])} must be true or false",
+                              source=source)
+        frozen = config.get("trainable", True) is False  # Keras freezes every layer of a frozen model
         if not _float32(config.get("dtype")):
             raise UnsupportedError(
                 f"model config dtype={_js(config['dtype'])} is not supported: jaxcnn computes in "
@@ -517,6 +518,8 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
                 f"{', '.join(LAYER_TYPES)}", **where)
         cls = LAYER_TYPES[canonical]
         kwargs, batch_shape, axis = _keras_arguments(cls, conf, where)
+        if frozen:
+            kwargs["trainable"] = False
         if batch_shape is not None:
             if index or (input_shape is not None and batch_shape != input_shape):
                 raise ConfigError(

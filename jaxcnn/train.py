@@ -285,7 +285,7 @@ class CompiledModel:
         penalties (their ``"losses"`` collection), ``{}`` where no layer has an activity regularizer."""
         dtype = PRECISIONS[self.precision]
         variables = {"params": params, "batch_stats": batch_stats}
-        collect = ["losses"] if regularizers.has_activity(self.module.specs) else []
+        collect = ["losses"] if regularizers.has_activity(self.model.layers) else []
         if train:
             logits, updates = self.module.apply(
                 variables, images.astype(dtype), train=True, rngs={"dropout": rng},

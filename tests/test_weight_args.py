@@ -397,3 +397,12 @@ def test_separable_regularizers_by_weight():
     assert {k: r.params() for k, r in layer.regularizers().items()} == {
         "depthwise_kernel": {"l1": 0.01, "l2": 0.0}, "pointwise_kernel": {"l1": 0.0, "l2": 0.01}}
     assert DepthwiseConv2D(3, depthwise_constraint="non_neg").constraints() == {"kernel": Constraint("non_neg")}
+
+
+def test_keras_json_frozen_model_freezes_every_layer():
+    text = keras_json("Conv2D", {"filters": 2, "kernel_size": [3, 3]}, (5, 5, 1))
+    doc = json.loads(text)
+    doc["config"]["trainable"] = False  # was refused: "jaxcnn has no frozen layers"
+    model = config.from_keras_dict(doc)
+    assert model.layers[0].trainable is False
+    assert (model.trainable_params(), model.non_trainable_params()) == (0, 2 * 3 * 3 * 1 + 2)
