@@ -385,3 +385,15 @@ def test_grouped_conv_lowering_is_lax_conv():
     assert layer.lowering_for((8, 8, 4), LoweringContext("cpu"), batch=1, train=True) == "conv"
     assert layer.describe_lowering((8, 8, 4)) == "lax.conv"
     assert Conv2D(4, 3).lowering_for((8, 8, 4), LoweringContext("cpu"), batch=1) == "patches"
+
+
+@pytest.mark.parametrize(("layer", "input_shape"), [
+    (Conv2D(8, 3, groups=4), (12, 10, 4)),
+    (DepthwiseConv2D((3, 2), strides=2, depth_multiplier=3), (12, 10, 4)),
+    (SeparableConv2D(8, 3, depth_multiplier=2, use_bias=False), (12, 10, 4)),
+])
+def test_flops_equal_xla_cost_analysis_for_valid_convolutions(layer, input_shape):
+    """As for Conv2D (test_layers.py): XLA counts every tap of a VALID convolution, 2 per MAC."""
+    from test_layers import _xla_flops
+
+    assert _xla_flops(layer, input_shape) == layer.flops(input_shape)
