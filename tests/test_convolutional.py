@@ -26,8 +26,16 @@ import jaxcnn
 from jaxcnn import config
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
 from jaxcnn.flax_module import build_module
-from jaxcnn.layers import (AveragePooling2D, Conv2D, Conv2DTranspose, DepthwiseConv2D, GlobalAveragePooling2D,
-                           GlobalMaxPooling2D, MaxPooling2D, SeparableConv2D)
+from jaxcnn.layers import (
+    AveragePooling2D,
+    Conv2D,
+    Conv2DTranspose,
+    DepthwiseConv2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+    SeparableConv2D,
+)
 
 # (layer, input shape, output shape, params): Keras's test cases; params by Keras's weight shapes.
 KERAS_CASES = [
@@ -199,7 +207,7 @@ def np_conv(x, kernel, strides, padding, dilation, groups=1):
     """Cross-correlation, NHWC and HWIO, Keras's SAME padding (extra pixel at the end), groups."""
     kh, kw, cg, f = kernel.shape
     eff = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
-    n, h, w, c = x.shape
+    n, h, w, _ = x.shape
     if padding == "same":
         pads = []
         for size, e, s in zip((h, w), eff, strides):
@@ -223,7 +231,7 @@ def np_conv(x, kernel, strides, padding, dilation, groups=1):
 
 def np_depthwise(x, kernel, strides, padding, dilation):
     """Each channel c with its m filters: output channel c*m + j (Keras's order)."""
-    kh, kw, c, m = kernel.shape
+    c = kernel.shape[2]
     outs = [np_conv(x[..., ci:ci + 1], kernel[:, :, ci:ci + 1, :], strides, padding, dilation) for ci in range(c)]
     return np.concatenate(outs, axis=-1)
 
@@ -233,7 +241,7 @@ def np_conv_transpose(x, kernel, strides, padding, output_padding, dilation):
     scatters ``x[i, j] . kernel[a, b]`` (kernel ``(kh, kw, filters, C_in)``) to output position
     ``(i*s + a*d - crop, ...)``, ``crop = (k_eff - 1) - left pad`` (Keras's padding), then the
     output is cut to Keras's output size ``compute_conv_transpose_output_shape``."""
-    kh, kw, f, c = kernel.shape
+    kh, kw, f, _ = kernel.shape
     n, h, w, _ = x.shape
     sizes, crops = [], []
     for axis, size in enumerate((h, w)):

@@ -20,16 +20,27 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_convolutional import keras_json
 
 import jaxcnn
 from jaxcnn import config
 from jaxcnn.errors import LayerArgumentError, UnsupportedError
-from jaxcnn.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Flatten, SeparableConv2D
+from jaxcnn.layers import (
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    DepthwiseConv2D,
+    Flatten,
+    SeparableConv2D,
+)
 from jaxcnn.layers.initializers import Initializer, initializer_fn, initializer_spec
-from jaxcnn.layers.weights import Constraint, Regularizer, constraint_spec, regularizer_spec
+from jaxcnn.layers.weights import (
+    Constraint,
+    Regularizer,
+    constraint_spec,
+    regularizer_spec,
+)
 from jaxcnn.train import compile
-
-from test_convolutional import keras_json
 
 TRUNCATED_STD = 0.87962566103423978  # the standard deviation of a standard normal cut at +-2
 
@@ -378,7 +389,7 @@ def test_frozen_layers_not_updated_and_their_regularizers_not_added():
     before = jax.tree.map(np.array, (start.params, start.batch_stats))  # the steps donate the state
     state = start
     for _ in range(3):
-        state, metrics = compiled.train_step(state, (x, y))
+        state, _ = compiled.train_step(state, (x, y))
     for name in ("conv2d", "batch_normalization"):
         for key, value in before[0][name].items():
             np.testing.assert_array_equal(state.params[name][key], value)

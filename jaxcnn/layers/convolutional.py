@@ -19,9 +19,24 @@ from jax import lax
 
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
-from jaxcnn.layers.base import (_CANONICAL_DEFAULTS, Formula, ParamShapes, Shape, _Windowed, _choice,
-                               _data_format, _fail, _finish, _is_int, _padding, _pair, _positive_int,
-                               _require_rank, _set, _weights)
+from jaxcnn.layers.base import (
+    _CANONICAL_DEFAULTS,
+    Formula,
+    ParamShapes,
+    Shape,
+    _choice,
+    _data_format,
+    _fail,
+    _finish,
+    _is_int,
+    _padding,
+    _pair,
+    _positive_int,
+    _require_rank,
+    _set,
+    _weights,
+    _Windowed,
+)
 from jaxcnn.layers.initializers import initializer_fn
 
 __all__ = ["Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D"]
