@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from jax import lax
 
 import jaxcnn
@@ -405,3 +407,78 @@ def test_flops_equal_xla_cost_analysis_for_valid_convolutions(layer, input_shape
     from test_layers import _xla_flops
 
     assert _xla_flops(layer, input_shape) == layer.flops(input_shape)
+
+
+# ---- random valid layers: formulas equal eval_shape, counts equal Keras's weight shapes ------------
+
+_sizes = st.integers(1, 3)
+_paddings = st.sampled_from(["valid", "same"])
+
+
+@st.composite
+def _strided_or_dilated(draw):
+    if draw(st.booleans()):
+        return {"strides": (draw(_sizes), draw(_sizes)), "dilation_rate": 1}
+    return {"strides": 1, "dilation_rate": (draw(_sizes), draw(_sizes))}
+
+
+@st.composite
+def new_convolutions(draw, channels):
+    kind = draw(st.sampled_from(["grouped", "depthwise", "separable", "transpose"]))
+    common = {"kernel_size": (draw(_sizes), draw(_sizes)), "padding": draw(_paddings),
+              "use_bias": draw(st.booleans()), "trainable": draw(st.booleans()), **draw(_strided_or_dilated())}
+    if kind == "grouped":
+        groups = draw(st.sampled_from([g for g in (1, 2, 3, 4) if channels % g == 0]))
+        return Conv2D(groups * draw(_sizes), groups=groups, **common)
+    if kind == "depthwise":
+        return DepthwiseConv2D(depth_multiplier=draw(_sizes), **common)
+    if kind == "separable":
+        return SeparableConv2D(draw(_sizes), depth_multiplier=draw(_sizes), **common)
+    output_padding = draw(st.one_of(st.none(), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    return Conv2DTranspose(draw(_sizes), output_padding=output_padding, **common)
+
+
+def _keras_weights(layer, c):
+    """The number of weights by Keras's weight shapes (the module docstring's sources), on ``c``
+    input channels."""
+    kh, kw = layer.kernel_size
+    if isinstance(layer, DepthwiseConv2D):
+        outputs = c * layer.depth_multiplier
+        return kh * kw * c * layer.depth_multiplier + outputs * layer.use_bias
+    if isinstance(layer, SeparableConv2D):
+        kernels = kh * kw * c * layer.depth_multiplier + c * layer.depth_multiplier * layer.filters
+    elif isinstance(layer, Conv2DTranspose):
+        kernels = kh * kw * layer.filters * c
+    else:
+        kernels = kh * kw * (c // layer.groups) * layer.filters
+    return kernels + layer.filters * layer.use_bias
+
+
+@st.composite
+def conv_models(draw):
+    shape = (draw(st.integers(1, 9)), draw(st.integers(1, 9)), draw(st.sampled_from([1, 2, 4, 6])))
+    layers, channels = [], shape[2]
+    for _ in range(draw(st.integers(1, 3))):
+        layer = draw(new_convolutions(channels))
+        layers.append(layer)
+        channels = layer.filters if hasattr(layer, "filters") else channels * layer.depth_multiplier
+    model = jaxcnn.Sequential([jaxcnn.layers.Input(shape), *layers])
+    try:
+        model.plan()
+    except ImpossibleShapeError:
+        assume(False)
+    return model
+
+
+@given(conv_models())
+def test_random_convolutions_formulas_equal_eval_shape_and_keras_counts(model):
+    result = model.check()
+    trainable = frozen = 0
+    for layer, proof in zip(model.layers, result.layers):
+        assert tuple(proof.output.shape[1:]) == proof.plan.output_shape
+        n = _keras_weights(layer, proof.plan.input_shape[-1])
+        if layer.trainable:
+            trainable += n
+        else:
+            frozen += n
+    assert (model.trainable_params(), model.non_trainable_params()) == (trainable, frozen)
