@@ -1,9 +1,11 @@
 """What a training step does with the layers' weight arguments, as Keras 3's trainer does it.
 
 * **Regularization** (:func:`weight_penalty`, :func:`activity_penalty`): the penalties of the
-  weight regularizers of the *trainable* layers (Keras sums ``layer.losses`` over
+  weight regularizers of the *trainable* layers (Keras's ``_get_regularization_losses`` reads
   ``trainable_weights`` only) and of the activity regularizers (each layer's penalty of its output,
-  divided by the batch size, as Keras 3 does) are added to the loss that is minimized *and*
+  divided by the batch size: Keras 3's layer_test.py
+  ``test_activity_regularization_batch_normalization`` expects ``L2(0.01)`` of ``ones((n, 5)) * 2``
+  to be 0.2 for every batch size n) are added to the loss that is minimized *and*
   reported (Keras's ``compute_loss`` sums them into the total loss its loss metric tracks, in
   ``fit`` and ``evaluate``). Per example: the weight penalty is added to every example's loss and
   the activity penalty is computed per example, so that the masked mean over a padded batch is the

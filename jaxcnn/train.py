@@ -11,6 +11,11 @@ The loss is checked against the model's output head at :func:`compile`, and the 
 step computes from the logits are :mod:`jaxcnn.losses`'s (its docstring has the table of losses,
 heads and label forms, and what Keras computes for each).
 
+The layers' weight arguments act as Keras's trainer makes them act (:mod:`jaxcnn.regularizers`): the
+regularizers' penalties are added to the loss that is minimized and reported (in training and in
+evaluation), the constraints are applied after each optimizer update, and a frozen layer
+(``trainable=False``) is not updated.
+
 Arrays are checked where they enter (``train_step``, ``train_steps``, ``eval_step``, ``predict``),
 outside the jitted code, once per shape and dtype: images must be ``(batch, *input_shape)``, labels
 of the loss's shape and form, ``mask`` ``(batch,)``, and on a layout the batch must divide over its
