@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 import pathlib
 import tomllib
@@ -41,7 +40,9 @@ from typing import Any
 
 from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError, describe_value
 from jaxcnn.files import write_atomic
-from jaxcnn.layers import INITIALIZERS, LAYER_TYPES, Input, Layer, snake_case
+from jaxcnn.layers import LAYER_TYPES, Input, Layer
+from jaxcnn.layers.initializers import Initializer, initializer_spec
+from jaxcnn.layers.keras_objects import ObjectError
 from jaxcnn.model import Sequential
 
 __all__ = [
@@ -376,6 +377,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if hasattr(value, "toml_table"):  # an initializer, regularizer or constraint with parameters
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.toml_table().items()) + "}"
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) as a TOML value")
 
 
@@ -410,26 +413,6 @@ _FIXED_INITIALIZERS = {
         "moving_variance_initializer": "ones",
     },
 }
-# VarianceScaling(scale, mode, distribution) of the named initializers.
-_VARIANCE_SCALING = {
-    "glorot_uniform": (1.0, "fan_avg", "uniform"),
-    "glorot_normal": (1.0, "fan_avg", "truncated_normal"),
-    "lecun_uniform": (1.0, "fan_in", "uniform"),
-    "lecun_normal": (1.0, "fan_in", "truncated_normal"),
-    "he_uniform": (2.0, "fan_in", "uniform"),
-    "he_normal": (2.0, "fan_in", "truncated_normal"),
-}
-# The other initializers, with the only parameters accepted (Keras's defaults).
-_INITIALIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "zeros": {},
-    "ones": {},
-    "orthogonal": {"gain": 1.0},
-    "random_normal": {"mean": 0.0, "stddev": 0.05},
-    "truncated_normal": {"mean": 0.0, "stddev": 0.05},
-    "random_uniform": {"minval": -0.05, "maxval": 0.05},
-}
-
-
 class _Refused(Exception):
     """A Keras value jaxcnn does not support; the caller names the layer and the argument."""
 
@@ -473,6 +456,7 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
 
     config = doc.get("config")
     build_input_shape = None
+    frozen = False
     if isinstance(config, list):  # Keras 2.2
         name, entries = _DEFAULT_MODEL_NAME, config
     elif isinstance(config, Mapping):  # Keras 3, tf.keras 2
@@ -480,10 +464,10 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
             if key not in _KERAS_MODEL_KEYS:
                 raise UnsupportedError(f"model config {key}={_js(value)} is not supported",
                                        source=source)
-        if config.get("trainable", True) is not True:
-            raise UnsupportedError(
-                f"model config trainable={_js(config['trainable'])} is not supported: jaxcnn has "
-                "no frozen layers", source=source)
+        if not isinstance(config.get("trainable", True), bool):
+            raise ConfigError(f"model config trainable={_js(config['trainable'])} must be true or false",
+                              source=source)
+        frozen = config.get("trainable", True) is False  # Keras freezes every layer of a frozen model
         if not _float32(config.get("dtype")):
             raise UnsupportedError(
                 f"model config dtype={_js(config['dtype'])} is not supported: jaxcnn computes in "
@@ -536,6 +520,8 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
                 f"{', '.join(LAYER_TYPES)}", **where)
         cls = LAYER_TYPES[canonical]
         kwargs, batch_shape, axis = _keras_arguments(cls, conf, where)
+        if frozen:
+            kwargs["trainable"] = False
         if batch_shape is not None:
             if index or (input_shape is not None and batch_shape != input_shape):
                 raise ConfigError(
@@ -646,16 +632,14 @@ def _keras_arguments(
 
 def _harmless(key: str, value: Any) -> None:
     """Accept Keras bookkeeping with a value that changes nothing; raise :class:`_Refused` otherwise."""
-    if key == "trainable":
-        ok, why = value is True, "jaxcnn has no frozen layers"
-    elif key == "dtype":
+    if key == "dtype":
         ok, why = _float32(value), "jaxcnn computes in float32"
     elif key == "seed":
         ok, why = True, ""
     elif key == "data_format":
         ok, why = value in ("channels_last", None), "jaxcnn is channels-last: (height, width, channels)"
-    elif key == "groups":
-        ok, why = _is_int(value) and value == 1, "jaxcnn has no grouped convolutions"
+    elif key == "groups":  # tf.keras 2 writes groups=1 into DepthwiseConv2D's config too
+        ok, why = _is_int(value) and value == 1, "only Conv2D takes groups"
     elif key == "noise_shape":
         ok, why = value is None, "only jaxcnn's Dropout has a noise shape"
     elif key in ("synchronized", "renorm", "rms_scaling"):
@@ -663,9 +647,9 @@ def _harmless(key: str, value: Any) -> None:
     elif key.startswith("renorm_"):
         ok, why = True, ""  # only used with renorm=true, refused above
     elif key.endswith("_regularizer"):
-        ok, why = value is None, "jaxcnn has no regularizers"
+        ok, why = value is None, "jaxcnn has no regularizer on this weight"
     elif key.endswith("_constraint"):
-        ok, why = value is None, "jaxcnn has no weight constraints"
+        ok, why = value is None, "jaxcnn has no constraint on this weight"
     elif key == "quantization_config":
         ok, why = value is None, "jaxcnn has no quantization"
     elif key == "lora_rank":
@@ -724,63 +708,14 @@ def _check_axes(model: Sequential, checks: list[tuple[int, int, dict[str, Any]]]
                 + (f", axis {last} of this input" if plan is not None else ""), **where)
 
 
-def _keras_initializer(value: Any) -> str:
-    """A Keras initializer (a name, or ``{"class_name": ..., "config": {...}}``) as a name of
-    :data:`jaxcnn.layers.INITIALIZERS`; raise :class:`_Refused` where it is none of them."""
-    if isinstance(value, str):
-        return value  # the spec checks the name
-    if not isinstance(value, Mapping) or not isinstance(value.get("class_name"), str):
-        raise _Refused("expected an initializer name or an object with `class_name`")
-    for key in value:
-        if key not in ("class_name", "config", "module", "registered_name"):
-            raise _Refused(f"unknown initializer key `{key}`")
-    params = value.get("config") or {}
-    if not isinstance(params, Mapping):
-        raise _Refused("the initializer's `config` must be an object")
-    params = dict(params)
-    params.pop("seed", None)
-    if not _float32(params.pop("dtype", None)):
-        raise _Refused("jaxcnn initializes in float32")
-    for key in ("input_axes", "output_axes"):  # Keras 3.x VarianceScaling; null is the default
-        if key in params and params[key] is None:
-            del params[key]
-    name = snake_case(value["class_name"])
-    if name == "variance_scaling":
-        scale = params.pop("scale", 1.0)
-        mode = params.pop("mode", "fan_in")
-        distribution = params.pop("distribution", "truncated_normal")
-        if params:
-            raise _Refused(f"unknown VarianceScaling parameters {sorted(params)}")
-        if distribution == "normal":  # Keras 2's name of the truncated normal
-            distribution = "truncated_normal"
-        for known, triple in _VARIANCE_SCALING.items():
-            if _same((scale, mode, distribution), triple):
-                return known
-        raise _Refused(
-            "it matches none of " + ", ".join(
-                f"{n} (scale={s}, mode={m!r}, distribution={d!r})"
-                for n, (s, m, d) in _VARIANCE_SCALING.items()))
-    if name in _VARIANCE_SCALING:
-        expected = dict(zip(("scale", "mode", "distribution"), _VARIANCE_SCALING[name]))
-        if params.get("distribution") == "normal":
-            params["distribution"] = "truncated_normal"
-    elif name in _INITIALIZER_DEFAULTS:
-        expected = _INITIALIZER_DEFAULTS[name]
-    else:
-        raise _Refused(f"jaxcnn's initializers are {', '.join(INITIALIZERS)}")
-    for key, param in params.items():
-        if key not in expected or not _same(param, expected[key]):
-            accepted = ", ".join(f"{k}={v!r}" for k, v in expected.items()) or "no parameters"
-            raise _Refused(f"jaxcnn's {name} takes {accepted} only")
-    return name
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
-    return type(a) is type(b) and a == b
+def _keras_initializer(value: Any) -> str | Initializer:
+    """A Keras initializer (a name, or ``{"class_name": ..., "config": {...}}`` in Keras 3's or
+    tf.keras 2's form) as :func:`jaxcnn.layers.initializers.initializer_spec` reads it; raise
+    :class:`_Refused` where it is none that jaxcnn has."""
+    try:
+        return initializer_spec(value)
+    except ObjectError as error:
+        raise _Refused(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,9 +42,11 @@ class LayerPlan:
         return self.layer.type
 
     def _count(self, trainable: bool) -> int:
+        """A frozen layer's (``trainable=False``) parameters are all non-trainable, as Keras counts."""
         total = 0
+        frozen = not getattr(self.layer, "trainable", True)
         for collection, shapes in self.param_shapes.items():
-            if (collection in NON_TRAINABLE_COLLECTIONS) != trainable:
+            if (frozen or collection in NON_TRAINABLE_COLLECTIONS) != trainable:
                 for shape in shapes.values():
                     n = 1
                     for d in shape:

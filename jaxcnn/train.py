@@ -11,6 +11,11 @@ The loss is checked against the model's output head at :func:`compile`, and the 
 step computes from the logits are :mod:`jaxcnn.losses`'s (its docstring has the table of losses,
 heads and label forms, and what Keras computes for each).
 
+The layers' weight arguments act as Keras's trainer makes them act (:mod:`jaxcnn.regularizers`): the
+regularizers' penalties are added to the loss that is minimized and reported (in training and in
+evaluation), the constraints are applied after each optimizer update, and a frozen layer
+(``trainable=False``) is not updated.
+
 Arrays are checked where they enter (``train_step``, ``train_steps``, ``eval_step``, ``predict``),
 outside the jitted code, once per shape and dtype: images must be ``(batch, *input_shape)``, labels
 of the loss's shape and form, ``mask`` ``(batch,)``, and on a layout the batch must divide over its
@@ -34,6 +39,7 @@ import numpy as np
 import optax
 
 from jaxcnn import losses as losses_lib
+from jaxcnn import regularizers
 from jaxcnn.flax_module import SequentialModule
 from jaxcnn.lowerings import LoweringContext
 from jaxcnn.errors import ConfigError, InputError
@@ -275,14 +281,43 @@ class CompiledModel:
     # ---- the pieces of a step --------------------------------------------------------------
     def _logits(self, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
                 rng: jax.Array | None = None, mask: jax.Array | None = None) -> tuple[jax.Array, Any]:
+        logits, batch_stats, _ = self._forward(params, batch_stats, images, train=train, rng=rng, mask=mask)
+        return logits, batch_stats
+
+    def _forward(self, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
+                 rng: jax.Array | None = None, mask: jax.Array | None = None) -> tuple[jax.Array, Any, Any]:
+        """``(logits, batch_stats, activity)``: ``activity`` is the layers' recorded activity
+        penalties (their ``"losses"`` collection), ``{}`` where no layer has an activity regularizer."""
         dtype = PRECISIONS[self.precision]
         variables = {"params": params, "batch_stats": batch_stats}
+        collect = ["losses"] if regularizers.has_activity(self.model.layers) else []
         if train:
             logits, updates = self.module.apply(
                 variables, images.astype(dtype), train=True, rngs={"dropout": rng},
-                mutable=["batch_stats"], mask=mask)
-            return logits.astype(jnp.float32), updates.get("batch_stats", batch_stats)
-        return self.module.apply(variables, images.astype(dtype)).astype(jnp.float32), batch_stats
+                mutable=["batch_stats", *collect], mask=mask)
+            return logits.astype(jnp.float32), updates.get("batch_stats", batch_stats), updates.get("losses", {})
+        if collect:
+            logits, updates = self.module.apply(variables, images.astype(dtype), mutable=collect)
+            return logits.astype(jnp.float32), batch_stats, updates.get("losses", {})
+        return self.module.apply(variables, images.astype(dtype)).astype(jnp.float32), batch_stats, {}
+
+    def _regularized_losses(self, params: Any, logits: jax.Array, labels: jax.Array, activity: Any) -> jax.Array:
+        """The per-example losses ``(batch,)`` with the regularization terms added (see
+        :mod:`jaxcnn.regularizers`): what is minimized and what the loss metric reports, as Keras."""
+        losses = self._per_example_loss(logits, labels)
+        layers = self.model.layers
+        if regularizers.has_weight_terms(layers):
+            losses = losses + regularizers.weight_penalty(layers, params)
+        if regularizers.has_activity(layers):
+            losses = losses + regularizers.activity_penalty(activity, logits.shape[0])
+            head = self._head_activity()
+            if head is not None:  # the split-off head's own activity: on the probabilities, as Keras
+                losses = losses + jax.vmap(head)(self._activate(logits))
+        return losses
+
+    def _head_activity(self) -> Any:
+        last = self.model.layers[-1]
+        return getattr(last, "activity_regularizer", None) if self.head is not None else None
 
     def _per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         return losses_lib.per_example_loss(self.loss, self.head, logits, labels)
@@ -309,14 +344,21 @@ class CompiledModel:
         rng = jax.random.fold_in(state.rng, state.step)
 
         def objective(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
-            logits, batch_stats = self._logits(params, state.batch_stats, images, train=True, rng=rng, mask=mask)
-            losses = self._per_example_loss(logits, labels)
+            logits, batch_stats, activity = self._forward(params, state.batch_stats, images, train=True, rng=rng,
+                                                          mask=mask)
+            losses = self._regularized_losses(params, logits, labels, activity)
             mean = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             return mean, (batch_stats, logits, losses)
 
         (loss, (batch_stats, logits, losses)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        layers = self.model.layers
+        weight_terms = regularizers.has_weight_terms(layers)
+        if weight_terms:  # frozen layers take no part in the update
+            grads = regularizers.freeze(layers, grads, jax.tree.map(jnp.zeros_like, grads))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if weight_terms:  # Keras applies the constraints after the update; frozen layers keep theirs
+            params = regularizers.freeze(layers, regularizers.constrain(layers, params), state.params)
         finite = jnp.isfinite(loss) & jnp.all(jnp.array(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [True]))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
@@ -345,8 +387,8 @@ class CompiledModel:
 
     def _eval_step(self, state: TrainState, batch: Sequence[jax.Array]) -> Metrics:
         images, labels, mask = self._unpack(batch)
-        logits, _ = self._logits(state.params, state.batch_stats, images, train=False)
-        return self._metrics(logits, labels, self._per_example_loss(logits, labels), mask)
+        logits, _, activity = self._forward(state.params, state.batch_stats, images, train=False)
+        return self._metrics(logits, labels, self._regularized_losses(state.params, logits, labels, activity), mask)
 
     def _predict(self, state: TrainState, images: jax.Array) -> jax.Array:
         """The model's outputs, ``(batch, *output_shape)``: probabilities where it ends in softmax."""
@@ -473,6 +515,9 @@ def compile(  # noqa: A001  (the Keras name)
     losses_lib.check_head(loss, model)
     top_k, accuracy = losses_lib.metric_spec(metrics, loss, model.output_shape[-1])
     specs, head = losses_lib.split_head(model)
+    if head is not None and getattr(specs[-1], "activity_regularizer", None) is not None:
+        # its penalty is of the probabilities (CompiledModel._regularized_losses), not of the logits
+        specs = (*specs[:-1], dataclasses.replace(specs[-1], activity_regularizer=None))
     # the lowerings for this process's backend and XLA flags (on a mesh, CompiledModel marks them partitioned)
     module = SequentialModule(specs=specs, lowering=LoweringContext.of_process())
     return CompiledModel(model=model, module=module, optimizer=optimizer,

@@ -21,8 +21,9 @@ DOCUMENTED = {
     "Sequential": "jaxcnn.model", "compile": "jaxcnn.train", "load": "jaxcnn.config",
     "from_keras_json": "jaxcnn.config", "JaxcnnError": "jaxcnn.errors",
     **{layer: "jaxcnn.layers" for layer in (
-        "Activation", "AveragePooling2D", "BatchNormalization", "Conv2D", "Dense", "Dropout", "Flatten",
-        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input", "MaxPooling2D")},
+        "Activation", "AveragePooling2D", "BatchNormalization", "Conv2D", "Conv2DTranspose", "Dense",
+        "DepthwiseConv2D", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input",
+        "MaxPooling2D", "SeparableConv2D")},
 }
 
 

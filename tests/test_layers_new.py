@@ -22,7 +22,7 @@ from jaxcnn import config
 from jaxcnn.check import PROOF_LOWERING
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError, UnsupportedError
 from jaxcnn.flax_module import build_module
-from jaxcnn.layers import (ELU, AveragePooling2D, BatchNormalization, Conv2D, Cropping2D, Dropout, Flatten,
+from jaxcnn.layers import (ELU, AveragePooling2D, Conv2D, Cropping2D, Dropout, Flatten,
                            GaussianDropout, GaussianNoise, GlobalAveragePooling2D, GlobalMaxPooling2D,
                            GroupNormalization, LayerNormalization, LayerScale, LeakyReLU, MaxPooling2D, Normalization,
                            Permute, PReLU, ReLU, Rescaling, Reshape, Softmax, SpatialDropout2D, UpSampling2D,

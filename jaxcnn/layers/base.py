@@ -32,11 +32,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
 from jaxcnn.layers.activation_functions import ACTIVATION_ALIASES, ACTIVATIONS
-from jaxcnn.layers.initializers import INITIALIZERS, MATRIX_INITIALIZERS
+from jaxcnn.layers.initializers import MATRIX_INITIALIZERS, Initializer, initializer_spec, spec_name
+from jaxcnn.layers.keras_objects import ObjectError
+from jaxcnn.layers.weights import Constraint, Regularizer, constraint_spec, regularizer_spec
 
 __all__ = ["FLOPS_CONVENTION", "LAYER_TYPES", "Formula", "Input", "Layer", "ParamShapes", "Shape", "snake_case"]
 
@@ -48,7 +51,7 @@ Shape = tuple[int, ...]
 ParamShapes = dict[str, dict[str, Shape]]
 
 FLOPS_CONVENTION = (
-    "forward FLOPs per example: 2 per multiply-accumulate of Conv2D and Dense (every kernel tap, "
+    "forward FLOPs per example: 2 per multiply-accumulate of the convolutions and Dense (every kernel tap, "
     "including taps over SAME padding), plus 1 per bias add; pooling, normalization, dropout and "
     "activations are not counted"
 )
@@ -115,29 +118,55 @@ def _choice(layer: str, arg: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _initializer(layer: str, arg: str, value: Any) -> str:
-    if not isinstance(value, str) or value.lower() not in INITIALIZERS:
-        raise _fail(
-            layer, arg, value, f"is not a known initializer; known: {', '.join(INITIALIZERS)}"
-        )
-    return value.lower()
+def _initializer(layer: str, arg: str, value: Any) -> str | Initializer:
+    """A name, a ``{name = ..., ...}`` table or a Keras initializer object, as
+    :func:`~jaxcnn.layers.initializers.initializer_spec` normalizes it."""
+    if isinstance(value, Initializer):
+        value = value.toml_table()
+    try:
+        return initializer_spec(value)
+    except ObjectError as error:
+        raise _fail(layer, arg, value, str(error)) from None
 
 
-def _weights(layer: Layer) -> dict[str, Any]:
-    """The normalized arguments Conv2D and Dense share (activation, bias, initializers)."""
+def _regularizer(layer: str, arg: str, value: Any) -> Regularizer | None:
+    try:
+        return regularizer_spec(value)
+    except ObjectError as error:
+        raise _fail(layer, arg, value, str(error)) from None
+
+
+def _constraint(layer: str, arg: str, value: Any, rank: int) -> Constraint | None:
+    try:
+        return constraint_spec(value, rank)
+    except ObjectError as error:
+        raise _fail(layer, arg, value, str(error)) from None
+
+
+def _weights(layer: Layer, kernels: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The normalized weight arguments of a weighted layer: ``activation``, ``use_bias``,
+    ``activity_regularizer``, and for each prefix of ``kernels`` (``{"kernel": rank}``;
+    ``{"depthwise": 4, "pointwise": 4}`` for SeparableConv2D) and for ``bias`` its
+    ``*_initializer``, ``*_regularizer`` and ``*_constraint``."""
     t = layer.type
     use_bias = _bool(t, "use_bias", layer.use_bias)
-    bias_initializer = _initializer(t, "bias_initializer", layer.bias_initializer)
-    if use_bias and bias_initializer in MATRIX_INITIALIZERS:
+    out: dict[str, Any] = {
+        "activation": _activation(t, "activation", layer.activation),
+        "use_bias": use_bias,
+        "activity_regularizer": _regularizer(t, "activity_regularizer", layer.activity_regularizer),
+    }
+    for prefix, rank in {**(kernels or {"kernel": 2}), "bias": 1}.items():
+        out[f"{prefix}_initializer"] = _initializer(t, f"{prefix}_initializer",
+                                                    getattr(layer, f"{prefix}_initializer"))
+        out[f"{prefix}_regularizer"] = _regularizer(t, f"{prefix}_regularizer",
+                                                    getattr(layer, f"{prefix}_regularizer"))
+        out[f"{prefix}_constraint"] = _constraint(t, f"{prefix}_constraint",
+                                                  getattr(layer, f"{prefix}_constraint"), rank)
+    if use_bias and spec_name(out["bias_initializer"]) in MATRIX_INITIALIZERS:
         raise _fail(t, "bias_initializer", layer.bias_initializer,
                     "needs a weight of at least 2 dimensions and the bias is 1-D (Keras fails on it at "
                     "build); use 'zeros' or a random initializer")
-    return {
-        "activation": _activation(t, "activation", layer.activation),
-        "use_bias": use_bias,
-        "kernel_initializer": _initializer(t, "kernel_initializer", layer.kernel_initializer),
-        "bias_initializer": bias_initializer,
-    }
+    return out
 
 
 def _bool(layer: str, arg: str, value: Any) -> bool:
@@ -299,8 +328,15 @@ class Layer:
 
     name: str | None = None
     input_shape: Shape | None = None
+    trainable: bool = True
+    """Keras's ``trainable``: ``False`` freezes the layer's parameters (counted non-trainable, not
+    updated by the optimizer, their regularizers not added to the loss) and runs a
+    BatchNormalization in inference mode, as Keras 3 does."""
 
     has_params: ClassVar[bool] = False
+    weight_args: ClassVar[Mapping[str, str]] = {}
+    """Each parameter's argument prefix: ``{"kernel": "kernel", "bias": "bias"}`` (Dense, Conv2D)
+    names ``kernel_regularizer`` and ``kernel_constraint`` for the parameter ``kernel``."""
     num_inputs: ClassVar[int | None] = 1
     """How many inputs the layer takes: 1, or ``None`` for two or more (the merging layers). Where
     it is not 1, ``output_shape``, ``param_shapes``, ``formula`` and ``flops`` take a tuple of
@@ -322,7 +358,18 @@ class Layer:
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise _fail(self.type, "name", self.name, "must be a non-empty string")
-        _set(self, input_shape=_shape(self.type, "input_shape", self.input_shape))
+        _set(self, input_shape=_shape(self.type, "input_shape", self.input_shape),
+             trainable=_bool(self.type, "trainable", self.trainable))
+
+    def regularizers(self) -> dict[str, Regularizer]:
+        """The weight regularizers by parameter name (``{"kernel": L1L2(l1=0.0, l2=0.01)}``)."""
+        found = {p: getattr(self, f"{a}_regularizer", None) for p, a in self.weight_args.items()}
+        return {p: r for p, r in found.items() if r is not None}
+
+    def constraints(self) -> dict[str, Constraint]:
+        """The weight constraints by parameter name, applied after each optimizer update."""
+        found = {p: getattr(self, f"{a}_constraint", None) for p, a in self.weight_args.items()}
+        return {p: c for p, c in found.items() if c is not None}
 
     @property
     def type(self) -> str:
@@ -401,6 +448,18 @@ _CANONICAL_DEFAULTS: dict[tuple[str, str], Any] = {}
 
 def _apply_activation(name: str | None, x: jax.Array) -> jax.Array:
     return x if name is None else ACTIVATIONS[name](x)
+
+
+def _finish(layer: Layer, module: Any, y: jax.Array) -> jax.Array:
+    """A weighted layer's output: its activation applied, and its activity regularizer's penalty
+    recorded per example (``(batch,)``, in the ``"losses"`` collection where the caller made it
+    mutable: the training and evaluation steps add its mean over the real examples to the loss,
+    Keras's penalty divided by the batch size)."""
+    y = _apply_activation(layer.activation, y)
+    regularizer = getattr(layer, "activity_regularizer", None)
+    if regularizer is not None and module.is_mutable_collection("losses") and not module.is_initializing():
+        module.sow("losses", "activity", jax.vmap(regularizer)(y.astype(jnp.float32)))
+    return y
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

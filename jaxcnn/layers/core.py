@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _apply_activation, _positive_int, _set, _weights
-from jaxcnn.layers.initializers import INITIALIZERS
+from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _finish, _positive_int, _set, _weights
+from jaxcnn.layers.initializers import initializer_fn
 
 __all__ = ['Dense']
 
@@ -18,16 +18,23 @@ __all__ = ['Dense']
 @dataclasses.dataclass(frozen=True)
 class Dense(Layer):
     """``Dense(units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-    bias_initializer="zeros")``, applied to the last axis as Keras does: ``(batch, ..., D_in)`` ->
+    bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+    activity_regularizer=None, kernel_constraint=None, bias_constraint=None)``, applied to the last axis as Keras does: ``(batch, ..., D_in)`` ->
     ``(batch, ..., units)``; kernel ``(D_in, units)``, bias ``(units,)``."""
 
     units: int
     activation: str | None = None
     use_bias: bool = True
-    kernel_initializer: str = "glorot_uniform"
-    bias_initializer: str = "zeros"
+    kernel_initializer: Any = "glorot_uniform"
+    bias_initializer: Any = "zeros"
+    kernel_regularizer: Any = None
+    bias_regularizer: Any = None
+    activity_regularizer: Any = None
+    kernel_constraint: Any = None
+    bias_constraint: Any = None
 
     has_params: ClassVar[bool] = True
+    weight_args: ClassVar[dict[str, str]] = {"kernel": "kernel", "bias": "bias"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,10 +66,10 @@ class Dense(Layer):
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
-        kernel = module.param("kernel", INITIALIZERS[self.kernel_initializer],
+        kernel = module.param("kernel", initializer_fn(self.kernel_initializer),
                               (x.shape[-1], self.units), jnp.float32)
         y = jnp.matmul(x, kernel.astype(x.dtype))
         if self.use_bias:
-            bias = module.param("bias", INITIALIZERS[self.bias_initializer], (self.units,), jnp.float32)
+            bias = module.param("bias", initializer_fn(self.bias_initializer), (self.units,), jnp.float32)
             y = y + bias.astype(y.dtype)
-        return _apply_activation(self.activation, y)
+        return _finish(self, module, y)

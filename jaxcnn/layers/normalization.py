@@ -79,7 +79,7 @@ class BatchNormalization(Layer):
         c = x.shape[-1]
         mean = module.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         var = module.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-        if train:
+        if train and self.trainable:  # a frozen BatchNormalization runs in inference mode, as Keras 3
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
             if mask is None:
