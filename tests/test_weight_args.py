@@ -107,7 +107,7 @@ def test_initializer_forms_normalized(value, expected):
     ({"name": "VarianceScaling", "mode": "fan_sum"}, r"VarianceScaling mode='fan_sum' must be one of fan_in"),
     ({"name": "VarianceScaling", "scale": 0}, r"VarianceScaling scale=0.0 must be positive"),
     ({"name": "RandomNormal", "sd": 0.1}, r"RandomNormal has no parameter\(s\) sd; it takes mean, stddev"),
-    ("glorot", r"'glorot' is not a known initializer; known: glorot_uniform"),
+    ("glorot", r"is not a known initializer; known: glorot_uniform"),
     (3, r"must be the name of an initializer or a table \{name = "),
 ])
 def test_bad_initializer_refused_in_one_line_naming_the_argument(value, message):
@@ -158,7 +158,7 @@ def test_regularizer_and_constraint_values():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"kernel_regularizer": "l3"}, r"`kernel_regularizer` \(='l3'\) 'l3' is not a known regularizer; known: l1"),
+    ({"kernel_regularizer": "l3"}, r"`kernel_regularizer` \(='l3'\) is not a known regularizer; known: l1"),
     ({"bias_regularizer": {"name": "L2", "l2": -1}}, r"`bias_regularizer` .* l2=-1 must be a non-negative number"),
     ({"kernel_constraint": {"name": "max_norm", "axis": 2}},
      r"`kernel_constraint` .* axis=2 must be an axis \(or a list of axes\) of the 2-D weight"),

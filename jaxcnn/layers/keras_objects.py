@@ -92,7 +92,8 @@ def parse(value: Any, kind: str, known: Mapping[str, Mapping[str, Any]],
     name = _snake(raw)
     name = aliases.get(name, name)
     if name not in known:
-        raise ObjectError(f"{raw!r} is not a known {kind}; known: {', '.join(known)}")
+        named = "" if value is raw else f"{raw!r} "  # a bare name is already quoted by the caller's (=...)
+        raise ObjectError(f"{named}is not a known {kind}; known: {', '.join(known)}")
     params = {k: _freeze(v) for k, v in params.items()
               if k not in ignored and not (drop_none and v is None)}
     unknown = sorted(set(params) - set(known[name]))
