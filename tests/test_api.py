@@ -20,9 +20,11 @@ KERAS = pathlib.Path(__file__).parent / "data" / "keras"
 DOCUMENTED = {
     "Sequential": "jaxcnn.model", "compile": "jaxcnn.train", "load": "jaxcnn.config",
     "from_keras_json": "jaxcnn.config", "JaxcnnError": "jaxcnn.errors",
+    "Model": "jaxcnn.graph", "Input": "jaxcnn.graph",  # the functional Input (a tensor)
     **{layer: "jaxcnn.layers" for layer in (
         "Activation", "AveragePooling2D", "BatchNormalization", "Conv2D", "Dense", "Dropout", "Flatten",
-        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input", "MaxPooling2D")},
+        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "MaxPooling2D",
+        "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")},
 }
 
 
@@ -61,7 +63,7 @@ def test_the_top_level_exports_exactly_the_documented_names():
 def test_layers_are_reached_by_their_keras_names():
     # every layer type a config may name is the class of that name, at jaxcnn.<Name> and in jaxcnn.layers
     assert set(jaxcnn.layers.LAYER_TYPES) == set(DOCUMENTED) - {
-        "Sequential", "compile", "load", "from_keras_json", "JaxcnnError", "Input"}
+        "Sequential", "compile", "load", "from_keras_json", "JaxcnnError", "Input", "Model"}
     for name, cls in jaxcnn.layers.LAYER_TYPES.items():
         assert cls.__name__ == name and getattr(jaxcnn, name) is cls
 
