@@ -352,12 +352,23 @@ def _topological(nodes: Sequence[Node]) -> tuple[Node, ...]:
                 done.add(node.name)
                 break
         else:
-            names = ", ".join(f"'{n.name}'" for n in pending)
-            first = pending[0]
-            raise LayerArgumentError(
-                f"is in a cycle: the layers {names} each wait for another's output (a graph model "
-                "must be acyclic)", layer_name=first.name, layer_type=first.type, key="inputs")
+            raise _cycle({n.name: n for n in pending})
     return tuple(order)
+
+
+def _cycle(pending: dict[str, Node]) -> LayerArgumentError:
+    """The refusal of a cycle among ``pending`` (nodes each with an input among them), naming it."""
+    walk = [next(iter(pending))]
+    while True:
+        step = next(name for name in pending[walk[-1]].inputs if name in pending)
+        if step in walk:
+            cycle = [*walk[walk.index(step):], step]
+            break
+        walk.append(step)
+    first = pending[cycle[0]]
+    return LayerArgumentError(
+        f"is in a cycle: {' <- '.join(repr(n) for n in cycle)} (each takes the output of the next; a graph "
+        "model must be acyclic)", layer_name=first.name, layer_type=first.type, key="inputs")
 
 
 class Model:
