@@ -155,7 +155,7 @@ class Tensor:
     """A symbolic tensor, as ``keras.KerasTensor``: the output of ``jaxcnn.Input(...)`` or of a
     layer called on tensors. ``shape`` has the batch axis as ``None``."""
 
-    __slots__ = ("layer", "inbound", "serial")
+    __slots__ = ("inbound", "layer", "serial")
 
     def __init__(self, layer: Layer | InputSpec, inbound: tuple[Tensor, ...]) -> None:
         self.layer = layer
@@ -174,7 +174,7 @@ class Tensor:
         return f"<Tensor shape={self.shape} from {self.layer.type}>"
 
 
-def Input(shape: Sequence[int], name: str | None = None) -> Tensor:  # noqa: N802 - Keras's name
+def Input(shape: Sequence[int], name: str | None = None) -> Tensor:
     """``jaxcnn.Input(shape)``: a model input, as ``keras.Input`` (``shape`` without the batch axis)."""
     return Tensor(InputSpec(tuple(shape), name=name), ())
 
@@ -292,7 +292,7 @@ def _validate(nodes: Sequence[Node], inputs: tuple[str, ...], outputs: tuple[str
                                      layer_name=node.name, layer_type=node.type)
         by_name[node.name] = node
     for node in nodes:
-        where = dict(layer_name=node.name, layer_type=node.type)
+        where = {"layer_name": node.name, "layer_type": node.type}
         if node.is_input:
             if node.inputs:
                 raise LayerArgumentError("an Input takes no inputs", key="inputs", **where)

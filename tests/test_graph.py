@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,17 +17,30 @@ from jaxcnn.artifact import load_artifact
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.cli import main
 from jaxcnn.config import from_dict, load, read_document
-from jaxcnn.errors import ConfigError, ImpossibleShapeError, JaxcnnError, LayerArgumentError
+from jaxcnn.errors import (
+    ConfigError,
+    ImpossibleShapeError,
+    JaxcnnError,
+    LayerArgumentError,
+)
 from jaxcnn.export import export_model
-from jaxcnn.fit import train_and_evaluate
 from jaxcnn.graph import Model, Node
 from jaxcnn.layers import (
-    Activation, Add, Average, BatchNormalization, Concatenate, Conv2D, Dense, Flatten, GlobalAveragePooling2D,
-    Maximum, Minimum, Multiply, Subtract,
+    Activation,
+    Add,
+    Average,
+    BatchNormalization,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Flatten,
+    GlobalAveragePooling2D,
+    Maximum,
+    Minimum,
+    Multiply,
+    Subtract,
 )
 from jaxcnn.train import compile
-
-from conftest import ROOT
 
 
 def residual_block() -> Model:
