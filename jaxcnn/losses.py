@@ -160,16 +160,6 @@ def _layer_error(model: Model, index: int, detail: str) -> ConfigError:
     return ConfigError(detail, index=index, layer_name=layer.name, layer_type=layer.type, key="loss")
 
 
-def _previous_layers(model: Model) -> list[int]:
-    """Per layer, the index of the layer it takes (the previous one in a Sequential; a graph's
-    single inbound layer), or -1 (an input, or a merge)."""
-    if not model.is_graph:
-        return list(range(-1, len(model.layers) - 1))
-    index = {layer.name: i for i, layer in enumerate(model.layers)}
-    inbound = [node.inputs for node in model.nodes if not node.is_input]
-    return [index.get(names[0], -1) if len(names) == 1 else -1 for names in inbound]
-
-
 def check_head(loss: str, model: Model) -> None:
     """Refuse a crossentropy that the model's last layer cannot feed (the module's table)."""
     if loss == "mean_squared_error":
@@ -177,11 +167,10 @@ def check_head(loss: str, model: Model) -> None:
     index = len(model.layers) - 1
     activation = getattr(model.layers[index], "activation", None)
     units = model.output_shape[-1]
-    previous = _previous_layers(model)
-    before = index
+    before = index  # a graph with one output: a one-input layer's input comes just before it
     while before > 0 and model.layers[before].type in ("Dropout", "Flatten"):
-        before = previous[before]
-    hidden = getattr(model.layers[before], "activation", None) if before >= 0 else None
+        before -= 1
+    hidden = getattr(model.layers[before], "activation", None)
     if before < index and hidden in ("softmax", "sigmoid"):
         raise _layer_error(model, before, (
             f"{loss} needs the {hidden} to be the model's last layer, but layer {index} "
