@@ -112,8 +112,15 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _tree_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in sorted(tree.items())}
+def _tree_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}``; a nested model's variables as ``layer/name``."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, leaf in sorted(tree.items()):
+        if isinstance(leaf, Mapping):
+            out.update(_tree_shapes(leaf, f"{prefix}{name}/"))
+        else:
+            out[f"{prefix}{name}"] = (tuple(leaf.shape), str(leaf.dtype))
+    return out
 
 
 _MEMO: dict[Any, CheckResult] = {}

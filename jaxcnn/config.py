@@ -66,7 +66,7 @@ from typing import Any
 from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError, describe_value
 from jaxcnn.files import write_atomic
 from jaxcnn.layers import INITIALIZERS, LAYER_TYPES, Input, Layer, snake_case
-from jaxcnn.graph import INPUT_NAME, Model, Node, fresh_name
+from jaxcnn.graph import INPUT_NAME, Model, Nested, Node, fresh_name
 from jaxcnn.graph import DEFAULT_NAME as GRAPH_NAME
 from jaxcnn.model import Sequential
 
@@ -441,6 +441,9 @@ def _layer_toml(index: int, layer: Layer, inputs: tuple[str, ...]) -> list[str]:
     where: dict[str, Any] = dict(index=index, layer_name=layer.name, layer_type=layer.type)
     lines = ["", "[[layers]]", f"type = {_toml_value(layer.type)}"]
     try:
+        if isinstance(layer, Nested):
+            raise ConfigError("is a nested model, which a jaxcnn TOML config cannot hold yet (its layers "
+                              "can be written into the outer model instead)")
         lines.append(f"name = {_toml_value(layer.name)}")
         if inputs:
             lines.append(f"inputs = {_toml_value(list(inputs))}")

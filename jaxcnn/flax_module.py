@@ -25,7 +25,7 @@ from jaxcnn.lowerings import LoweringContext
 if TYPE_CHECKING:
     from jaxcnn.graph import Model
 
-__all__ = ["LayerModule", "SequentialModule", "build_module", "traced_layer"]
+__all__ = ["LayerModule", "SequentialModule", "apply_graph", "build_module", "traced_layer", "wiring"]
 
 _LAYER = "jaxcnn_layer"  # the attribute that names the layer on an error raised while tracing it
 
@@ -92,21 +92,31 @@ class SequentialModule(nn.Module):
     def __call__(
         self, x: Any, *, train: bool = False, capture: bool = False, mask: jax.Array | None = None
     ) -> jax.Array | tuple[jax.Array, ...]:
-        outputs = []
-        if self.inbound is None:
-            for index, spec in enumerate(self.specs):
-                x = LayerModule(spec, index, self.lowering, name=spec.name)(x, train=train, mask=mask)
-                outputs.append(x)
-            return tuple(outputs) if capture else x
-        values = dict(zip(self.input_names, x if len(self.input_names) > 1 else (x,)))
-        for index, (spec, names) in enumerate(zip(self.specs, self.inbound)):
-            arg = values[names[0]] if spec.num_inputs == 1 else tuple(values[n] for n in names)
-            values[spec.name] = LayerModule(spec, index, self.lowering, name=spec.name)(arg, train=train, mask=mask)
-            outputs.append(values[spec.name])
-        if capture:
-            return tuple(outputs)
-        result = tuple(values[n] for n in self.output_names)
-        return result[0] if len(result) == 1 else result
+        outputs, result = apply_graph(self.specs, self.inbound, self.input_names, self.output_names, x,
+                                      lowering=self.lowering, train=train, mask=mask)
+        return tuple(outputs) if capture else result
+
+
+def apply_graph(specs: Sequence[Layer], inbound: tuple[tuple[str, ...], ...] | None, input_names: Sequence[str],
+                output_names: Sequence[str], x: Any, *, lowering: LoweringContext, train: bool,
+                mask: jax.Array | None) -> tuple[list[jax.Array], Any]:
+    """Run ``specs`` as :class:`LayerModule` submodules of the module being called (one a spec,
+    named as it): ``(every layer's output, the model's output)``. ``inbound=None`` chains them; else
+    it names each spec's inputs among ``input_names`` and the earlier specs (see
+    :class:`SequentialModule`). A nested model's layer runs its own graph through this."""
+    outputs = []
+    if inbound is None:
+        for index, spec in enumerate(specs):
+            x = LayerModule(spec, index, lowering, name=spec.name)(x, train=train, mask=mask)
+            outputs.append(x)
+        return outputs, x
+    values = dict(zip(input_names, x if len(input_names) > 1 else (x,)))
+    for index, (spec, names) in enumerate(zip(specs, inbound)):
+        arg = values[names[0]] if spec.num_inputs == 1 else tuple(values[n] for n in names)
+        values[spec.name] = LayerModule(spec, index, lowering, name=spec.name)(arg, train=train, mask=mask)
+        outputs.append(values[spec.name])
+    result = tuple(values[n] for n in output_names)
+    return outputs, result[0] if len(result) == 1 else result
 
 
 def build_module(model: Model, lowering: LoweringContext | None = None,
@@ -118,8 +128,12 @@ def build_module(model: Model, lowering: LoweringContext | None = None,
     head's activation)."""
     specs = tuple(model.layers if specs is None else specs)
     lowering = lowering or LoweringContext.of_process()
+    return SequentialModule(specs=specs, lowering=lowering, **wiring(model))
+
+
+def wiring(model: Model) -> dict[str, Any]:
+    """The :class:`SequentialModule` fields that wire ``model``'s layers: none for a Sequential."""
     if not model.is_graph:
-        return SequentialModule(specs=specs, lowering=lowering)
-    inbound = tuple(node.inputs for node in model.nodes if not node.is_input)
-    return SequentialModule(specs=specs, lowering=lowering, inbound=inbound, input_names=model.input_names,
-                            output_names=model.output_names)
+        return {}
+    return {"inbound": tuple(node.inputs for node in model.nodes if not node.is_input),
+            "input_names": model.input_names, "output_names": model.output_names}

@@ -28,17 +28,18 @@ import copy
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jaxcnn.errors import ImpossibleShapeError, JaxcnnError, LayerArgumentError
 from jaxcnn.layers import Formula, Layer, ParamShapes, Shape
+from jaxcnn.layers.base import _fmt_shape
 from jaxcnn.layers import Input as InputSpec
 
 if TYPE_CHECKING:  # imports that run the other way are done inside the methods
     from jaxcnn.check import CheckResult
     from jaxcnn.summary import Summary
 
-__all__ = ["INPUT_NAME", "Input", "LayerPlan", "Model", "Node", "Tensor", "fresh_name"]
+__all__ = ["INPUT_NAME", "Input", "LayerPlan", "Model", "Nested", "Node", "Tensor", "fresh_name"]
 
 NON_TRAINABLE_COLLECTIONS = ("batch_stats",)
 INPUT_NAME = "input_layer"
@@ -398,11 +399,17 @@ class Model:
         self._name = name
         self._input_names = _names(inputs, "inputs")
         self._output_names = _names(outputs, "outputs")
+        nodes = [dataclasses.replace(n, layer=Nested(model=n.layer, name=n.name))
+                 if isinstance(n, Node) and isinstance(n.layer, Model) else n for n in nodes]
         nodes = [dataclasses.replace(n, layer=dataclasses.replace(n.layer, name=n.name))
                  if isinstance(n, Node) and isinstance(n.layer, (Layer, InputSpec)) and n.layer.name is None
                  else n for n in nodes]
         self._nodes = _validate(nodes, self._input_names, self._output_names)
         self.plan()
+
+    def __call__(self, inputs: Any) -> Tensor:
+        """The model as a layer of another (a nested model), in the functional idiom."""
+        return call_layer(Nested(model=self, name=self.name), inputs)
 
     # ---- accessors ----------------------------------------------------------------------
     @property
@@ -585,3 +592,80 @@ def _plan_node(index: int, node: Node, input_shapes: tuple[Shape, ...]) -> Layer
                                    layer_name=layer.name, layer_type=layer.type)
     return LayerPlan(index, layer, input_shapes[0], output_shape, param_shapes, input_shapes, node.inputs)
 
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Nested(Layer):
+    """A model used as a layer of another, as Keras nests a ``Sequential`` or a functional model:
+    one node, named as the model (``Nested(model=m, name=m.name)``; ``Sequential.add(m)``,
+    ``m(x)`` and a :class:`Node` whose layer is a model make one). Its variables are its layers',
+    under its name (``params[nested][conv2d][kernel]``; the plan's parameter names are
+    ``conv2d/kernel``); it takes its model's input shape (a one-input model may take another that its
+    layers fit) and gives its output."""
+
+    model: Model
+
+    has_params: ClassVar[bool] = True
+    mixes_positions: ClassVar[bool] = True  # the receptive field is not followed inside it
+    uses_mask: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.model, Model):
+            raise LayerArgumentError(f"`model` (={self.model!r}) must be a jaxcnn model", layer_type="Nested")
+        if len(self.model.output_names) != 1:
+            raise LayerArgumentError(f"a nested model must have one output, not {len(self.model.output_names)} "
+                                     f"({', '.join(self.model.output_names)})", layer_name=self.name,
+                                     layer_type=self.type)
+
+    def __hash__(self) -> int:  # a model is not hashable (a Sequential can grow); equal ones share this
+        return hash((self.name, self.model.name, len(self.model.layers)))
+
+    @property
+    def type(self) -> str:
+        """``Sequential`` or ``Functional``, as Keras 3 prints a nested model's class."""
+        return "Functional" if self.model.is_graph else "Sequential"
+
+    @property
+    def num_inputs(self) -> int | None:  # type: ignore[override]
+        return 1 if len(self.model.input_names) == 1 else None
+
+    def _inner(self, input_shape: Any) -> Model:
+        shapes = (tuple(input_shape),) if self.num_inputs == 1 else tuple(map(tuple, input_shape))
+        try:
+            if self.model.input_shapes == shapes:
+                return self.model
+        except LayerArgumentError:  # a Sequential without an input shape takes the one it is given
+            pass
+        if self.num_inputs != 1:
+            raise ImpossibleShapeError(f"the nested model takes inputs {', '.join(map(_fmt_shape, self.model.input_shapes))}, "
+                                       f"not {', '.join(map(_fmt_shape, shapes))}", layer_type=self.type)
+        return self.model.with_input_shape(shapes[0])
+
+    def output_shape(self, input_shape: Any) -> Shape:
+        return self._inner(input_shape).output_shape
+
+    def param_shapes(self, input_shape: Any) -> ParamShapes:
+        out: ParamShapes = {}
+        for p in self._inner(input_shape).plan():
+            for collection, shapes in p.param_shapes.items():
+                for key, shape in shapes.items():
+                    out.setdefault(collection, {})[f"{p.name}/{key}"] = shape
+        return out
+
+    def formula(self, input_shape: Any) -> Formula:
+        plan = self._inner(input_shape).plan()
+        total = sum(p.params for p in plan)
+        return Formula(output=f"the nested model's output = {_fmt_shape(plan[-1].output_shape)}",
+                       params=f"the sum over its {len(plan)} layers = {total:,}")
+
+    def flops(self, input_shape: Any) -> int:
+        return sum(p.flops() for p in self._inner(input_shape).plan())
+
+    def forward(self, module: Any, x: Any, *, train: bool, mask: Any = None) -> Any:
+        from jaxcnn.flax_module import apply_graph, wiring
+
+        wires = wiring(self.model)
+        _, result = apply_graph(self.model.layers, wires.get("inbound"), wires.get("input_names", ()),
+                                wires.get("output_names", ()), x, lowering=module.lowering, train=train, mask=mask)
+        return result

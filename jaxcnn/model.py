@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jaxcnn.errors import LayerArgumentError
-from jaxcnn.graph import INPUT_NAME, LayerPlan, Model, Node, Tensor, _plan_node, fresh_name
+from jaxcnn.graph import INPUT_NAME, LayerPlan, Model, Nested, Node, Tensor, _plan_node, fresh_name
 from jaxcnn.layers import Input, Layer, Shape
 
 __all__ = ["LayerPlan", "Model", "Sequential"]
@@ -54,6 +54,8 @@ class Sequential(Model):
         index = len(self._layers)
         if isinstance(layer, Tensor) and isinstance(layer.layer, Input):
             layer = layer.layer
+        if isinstance(layer, Model):  # a nested model: one layer, named as the model
+            layer = Nested(model=layer, name=layer.name)
         if isinstance(layer, Input):
             if index or self._input_shape is not None:
                 raise LayerArgumentError(

@@ -426,9 +426,9 @@ def test_the_resnet20_config_has_the_hand_counted_parameters():
 
 @st.composite
 def graphs(draw):
-    """A random valid graph on one input: convolutions, dense on channels, SE-style squeezes and
-    merges (element-wise with broadcasting, concatenation) of nodes whose shapes fit; every sink is
-    an output."""
+    """A random valid graph on one input: convolutions, dense on channels, SE-style squeezes,
+    merges (element-wise with broadcasting, concatenation) of nodes whose shapes fit and nested
+    models; every sink is an output."""
     h, c = draw(st.integers(2, 6)), draw(st.integers(1, 4))
     nodes = [Node("in", jaxcnn.layers.Input((h, h, c)))]
     shapes = {"in": (h, h, c)}
@@ -436,12 +436,15 @@ def graphs(draw):
         name = f"n{i}"
         source = draw(st.sampled_from(sorted(shapes)))
         shape = shapes[source]
-        kind = draw(st.sampled_from(["conv", "dense", "squeeze", "merge", "concat"]))
+        kind = draw(st.sampled_from(["conv", "dense", "squeeze", "merge", "concat", "nested"]))
         fits = [n for n, s in shapes.items() if n != source and (s == shape or s == (1, 1, shape[2]))]
         if kind == "conv":
             node = Node(name, Conv2D(draw(st.integers(1, 4)), draw(st.integers(1, 2)), padding="same"), (source,))
         elif kind == "dense":
             node = Node(name, Dense(draw(st.integers(1, 4))), (source,))
+        elif kind == "nested":  # a Sequential used as a layer: it takes the shape it is given
+            inner = jaxcnn.Sequential([Dense(draw(st.integers(1, 3))), Activation("relu")], name=f"inner{i}")
+            node = Node(name, inner, (source,))
         elif kind == "squeeze" and len(shape) == 3:
             node = Node(name, GlobalAveragePooling2D(keepdims=True), (source,))
         elif kind == "merge" and fits:
@@ -519,3 +522,34 @@ def test_a_chain_graph_computes_what_the_same_sequential_computes():
         got = graph.module().apply(variables, images, **kwargs)
         for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_nested_model_is_one_layer_with_its_parameters_under_its_name():
+    """As a MobileNetV2 base inside a Sequential: Keras prints one row, ``base (Functional)``, whose
+    params are its layers' (by hand: Conv2D 3*3*3*4 + 4 = 112, BatchNormalization 4*4 = 16 of which
+    2*4 = 8 moving statistics, Conv2D 1*1*3*4 + 4 = 16: 144), then Dense 4*3 + 3 = 15."""
+    x = jaxcnn.Input((8, 8, 3))
+    y = BatchNormalization()(Conv2D(4, 3, padding="same")(x))
+    base = jaxcnn.Model(x, Add()([y, Conv2D(4, 1)(x)]), name="base")
+    outer = jaxcnn.Sequential([jaxcnn.Input((8, 8, 3)), base, GlobalAveragePooling2D(),
+                               Dense(3, activation="softmax")], name="outer")
+    assert figures(outer) == [("base", "Functional", (8, 8, 4), 144),
+                              ("global_average_pooling2d", "GlobalAveragePooling2D", (4,), 0), ("dense", "Dense", (3,), 15)]
+    assert outer.non_trainable_params() == 8
+    variables = outer.check().variables
+    assert sorted(variables["params"]["base"]) == ["batch_normalization", "conv2d", "conv2d_1"]
+    assert variables["params"]["base"]["conv2d"]["kernel"].shape == (3, 3, 3, 4)
+    assert "base (Functional)" in outer.summary(print_fn=None)
+    # the functional idiom and the declarative form nest it the same way
+    x2 = jaxcnn.Input((8, 8, 3))
+    called = jaxcnn.Model(x2, Dense(2)(Flatten()(base(x2))))
+    declared = Model.from_nodes([Node("input_layer", jaxcnn.layers.Input((8, 8, 3))), Node("base", base, ("input_layer",)),
+                                 Node("flatten", Flatten(), ("base",)), Node("dense", Dense(2), ("flatten",))],
+                                inputs=["input_layer"], outputs=["dense"])
+    assert called == declared and called.count_params() == 144 + 8 * 8 * 4 * 2 + 2
+    compiled = compile(outer, "adam", loss="sparse_categorical_crossentropy")
+    state, metrics = compiled.train_step(compiled.init(0), (np.ones((4, 8, 8, 3), np.float32), np.array([0, 1, 2, 0])))
+    assert math.isfinite(float(metrics.loss)) and int(state.step) == 1
+    with pytest.raises(ConfigError, match="layer 0 'base' \\(Functional\\): is a nested model, which a jaxcnn TOML "
+                                          "config cannot hold yet"):
+        outer.to_toml()
