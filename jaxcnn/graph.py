@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from jaxcnn.errors import ImpossibleShapeError, JaxcnnError, LayerArgumentError
 from jaxcnn.layers import Formula, Layer, ParamShapes, Shape
-from jaxcnn.layers.base import _fmt_shape
 from jaxcnn.layers import Input as InputSpec
+from jaxcnn.layers.base import _fmt_shape
 
 if TYPE_CHECKING:  # imports that run the other way are done inside the methods
     from jaxcnn.check import CheckResult
