@@ -16,7 +16,8 @@ used twice, a layer no output depends on, a merge of shapes that do not fit: ref
 model is built (the formulas only, before any tracing), naming the layers.
 
 A shared layer (one spec object called at two places, Keras's node index > 0) is refused by name:
-jaxcnn's parameters are keyed by the layer's name, one node each.
+jaxcnn's parameters are keyed by the layer's name, one node each. A model used as a layer of
+another (a Keras nested model) is one node, a :class:`Nested` layer.
 
 :class:`jaxcnn.Sequential` (:mod:`jaxcnn.model`) is the special case where each layer takes the
 previous one.
