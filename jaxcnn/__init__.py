@@ -11,6 +11,10 @@
     ])
     model.summary()   # Keras's layout, every figure proved with jax.eval_shape
 
+    x = jaxcnn.Input((32, 32, 16))            # a graph (functional) model, as in Keras
+    y = jaxcnn.Conv2D(16, 3, padding="same")(x)
+    model = jaxcnn.Model(inputs=x, outputs=jaxcnn.Add()([x, y]))
+
 The public names are imported on first use (PEP 562), so that ``import jaxcnn`` stays cheap and a
 process that only serves an exported model (``jaxcnn predict``) never imports the model code.
 """
@@ -25,6 +29,13 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "Activation": "jaxcnn.layers",
+    "Add": "jaxcnn.layers",
+    "Average": "jaxcnn.layers",
+    "Concatenate": "jaxcnn.layers",
+    "Maximum": "jaxcnn.layers",
+    "Minimum": "jaxcnn.layers",
+    "Multiply": "jaxcnn.layers",
+    "Subtract": "jaxcnn.layers",
     "AveragePooling2D": "jaxcnn.layers",
     "BatchNormalization": "jaxcnn.layers",
     "Conv2D": "jaxcnn.layers",
@@ -35,10 +46,11 @@ _EXPORTS = {
     "Flatten": "jaxcnn.layers",
     "GlobalAveragePooling2D": "jaxcnn.layers",
     "GlobalMaxPooling2D": "jaxcnn.layers",
-    "Input": "jaxcnn.layers",
+    "Input": "jaxcnn.graph",
     "MaxPooling2D": "jaxcnn.layers",
     "SeparableConv2D": "jaxcnn.layers",
     "JaxcnnError": "jaxcnn.errors",
+    "Model": "jaxcnn.graph",
     "Sequential": "jaxcnn.model",
     "compile": "jaxcnn.train",
     "from_keras_json": "jaxcnn.config",

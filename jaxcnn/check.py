@@ -20,7 +20,7 @@ from jax import export
 from jaxcnn.flax_module import build_module, traced_layer
 from jaxcnn.errors import JaxcnnError, ShapeMismatchError
 from jaxcnn.lowerings import LoweringContext
-from jaxcnn.model import LayerPlan, Sequential
+from jaxcnn.graph import LayerPlan, Model
 
 __all__ = ["PROOF_LOWERING", "CheckResult", "LayerProof", "abstract_variables", "check", "check_file"]
 
@@ -45,7 +45,8 @@ class LayerProof:
 
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
-    """The model's proof: every layer's shapes agreed with its formulas.
+    """The model's proof: every layer's shapes agreed with its formulas. ``input_shape`` is the
+    (first) input's shape.
 
     ``variables`` is the abstract variable tree (``ShapeDtypeStruct`` leaves), as ``init`` would
     return it.
@@ -82,7 +83,7 @@ def _show(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ...]:
+def abstract_variables(model: Model, *, batch: Any = None) -> tuple[Any, ...]:
     """``(variables, eval outputs, train outputs, updated batch_stats)`` as ``ShapeDtypeStruct``
     trees, from ``jax.eval_shape`` of the model's Flax ``init`` and ``apply``.
 
@@ -90,7 +91,8 @@ def abstract_variables(model: Sequential, *, batch: Any = None) -> tuple[Any, ..
     module = build_module(model, PROOF_LOWERING)
     if batch is None:
         batch = _batch_dim(None)
-    images = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
+    inputs = tuple(jax.ShapeDtypeStruct((batch, *shape), jnp.float32) for shape in model.input_shapes)
+    images = inputs[0] if len(inputs) == 1 else inputs
 
     def trace(x: jax.Array) -> tuple[Any, ...]:
         params_key, dropout_key = jax.random.split(jax.random.key(0))
@@ -110,15 +112,22 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _tree_shapes(tree: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in sorted(tree.items())}
+def _tree_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}``; a nested model's variables as ``layer/name``."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, leaf in sorted(tree.items()):
+        if isinstance(leaf, Mapping):
+            out.update(_tree_shapes(leaf, f"{prefix}{name}/"))
+        else:
+            out[f"{prefix}{name}"] = (tuple(leaf.shape), str(leaf.dtype))
+    return out
 
 
 _MEMO: dict[Any, CheckResult] = {}
 _MEMO_SIZE = 64
 
 
-def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
+def check(model: Model, *, batch_size: int | None = None) -> CheckResult:
     """Prove ``model``'s shapes: formulas against ``jax.eval_shape`` of its Flax code, layer by layer.
 
     Args:
@@ -136,10 +145,10 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
         traced on the input its formulas give (a TypeError or ValueError, chained); outside ``check``
         such an error propagates as it is, with a note naming the layer.
 
-    A proof depends only on the model's name, input shape and layer specs (frozen values) and on
+    A proof depends only on the model's name, input shapes, nodes and layer specs (frozen values) and on
     ``batch_size``, so proofs are memoized on them: a summary after a check does not trace again.
     """
-    key = (model.name, model.input_shape, model.layers, batch_size)
+    key = (model.identity(), batch_size)
     try:
         hash(key)
     except TypeError:  # a user's layer subclass with an unhashable field: prove without the memo
@@ -151,7 +160,7 @@ def check(model: Sequential, *, batch_size: int | None = None) -> CheckResult:
     return _MEMO[key]
 
 
-def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
+def _prove(model: Model, batch_size: int | None) -> CheckResult:
     plan = model.plan()  # impossible layers are refused here, before any tracing
     batch = _batch_dim(batch_size)
     try:
@@ -164,7 +173,8 @@ def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
             raise
         index, name, kind = layer
         raise ShapeMismatchError(
-            f"tracing the layer's Flax code on input {_show((batch, *plan[index].input_shape))} failed: "
+            f"tracing the layer's Flax code on input "
+            f"{', '.join(_show((batch, *shape)) for shape in plan[index].input_shapes)} failed: "
             f"{type(error).__name__}: {_first_line(error)}", index=index, layer_name=name, layer_type=kind,
         ) from error
 
@@ -206,7 +216,7 @@ def _prove(model: Sequential, batch_size: int | None) -> CheckResult:
                 index=p.index, layer_name=p.name, layer_type=p.type)
         proofs.append(LayerProof(p, eval_outputs[p.index], layer_vars))
 
-    return CheckResult(model.name, model.input_shape, tuple(proofs), variables)
+    return CheckResult(model.name, model.input_shapes[0], tuple(proofs), variables)
 
 
 def check_file(path: str, *, input_shape: Sequence[int] | None = None) -> CheckResult:

@@ -28,14 +28,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxcnn.errors import CheckpointError
-from jaxcnn.model import Sequential
+from jaxcnn.graph import Model
 
 __all__ = ["Checkpoints", "model_fingerprint", "settings_differences"]
 
 _ASIDE = ".replaced-"  # prefix of a checkpoint folder renamed aside while its step is rewritten
 
 
-def model_fingerprint(model: Sequential) -> str:
+def model_fingerprint(model: Model) -> str:
     """The sha256 of the model's TOML (name, input shape, layers and their arguments)."""
     return hashlib.sha256(model.to_toml().encode()).hexdigest()
 

@@ -15,6 +15,30 @@ The jaxcnn format (TOML, or the same structure as JSON)::
     activation = "relu"
     input_shape = [32, 32, 3]   # accepted on the first layer, as the Keras notebooks write it
 
+A graph (functional) model names the inputs of its layers; a layer without ``inputs`` takes the
+previous table's output, so every layer list above is valid as it is::
+
+    [model]
+    outputs = ["add"]           # optional, default: the last layer
+
+    [[layers]]
+    type = "Input"              # one Input table an input of the model
+    name = "image"
+    shape = [32, 32, 16]
+
+    [[layers]]
+    type = "Conv2D"             # takes the previous table's output: "image"
+    filters = 16
+    kernel_size = 3
+    padding = "same"
+
+    [[layers]]
+    type = "Add"
+    inputs = ["conv2d", "image"]   # by name: written, or Keras's per-model name (conv2d, conv2d_1, ...)
+
+A config is a graph where a layer table has ``inputs``, ``[model]`` has ``outputs``, or there are
+several ``Input`` tables; else it is a :class:`~jaxcnn.Sequential`.
+
 Top-level sections are those of :data:`SECTIONS`; a layer table takes ``type`` and its spec's
 dataclass fields (``name``, ``input_shape`` and the Keras arguments), nothing else.
 
@@ -40,6 +64,8 @@ from typing import Any
 
 from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError, describe_value
 from jaxcnn.files import write_atomic
+from jaxcnn.graph import DEFAULT_NAME as GRAPH_NAME
+from jaxcnn.graph import INPUT_NAME, Model, Nested, Node, fresh_name
 from jaxcnn.layers import LAYER_TYPES, Input, Layer
 from jaxcnn.layers.initializers import Initializer, initializer_spec
 from jaxcnn.layers.keras_objects import ObjectError
@@ -65,7 +91,7 @@ __all__ = [
 SECTIONS: dict[str, type] = {"model": dict, "layers": list, "data": dict, "train": dict, "mesh": dict}
 
 #: Keys of the ``[model]`` table.
-MODEL_KEYS: tuple[str, ...] = ("name", "input_shape")
+MODEL_KEYS: tuple[str, ...] = ("name", "input_shape", "outputs")
 
 _DEFAULT_MODEL_NAME = "sequential"
 
@@ -75,7 +101,7 @@ _DEFAULT_MODEL_NAME = "sequential"
 
 
 def load(path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = None,
-         require_input_shape: bool = False) -> Sequential:
+         require_input_shape: bool = False) -> Model:
     """Read a model from ``path``: a jaxcnn ``.toml`` or ``.json`` config, or a Keras
     ``model.to_json()`` file (a JSON object with a top-level ``class_name``).
 
@@ -180,7 +206,7 @@ def _check_sections(doc: Mapping[str, Any], source: str) -> None:
                 source=source, key=key)
 
 
-def from_dict(doc: Mapping[str, Any], *, source: str = "<dict>", require_input_shape: bool = False) -> Sequential:
+def from_dict(doc: Mapping[str, Any], *, source: str = "<dict>", require_input_shape: bool = False) -> Model:
     """The model described by a parsed jaxcnn config (``{"model": {...}, "layers": [...]}``).
 
     ``source`` names the origin in error messages. Sections other than ``model`` and ``layers``
@@ -202,11 +228,11 @@ NO_KERAS_INPUT_SHAPE = (
     "give one with --input-shape H,W,C (jaxcnn summary, jaxcnn check) or load(path, input_shape=...)")
 
 
-def _planned(model: Sequential, source: str, *, require_input_shape: bool, keras: bool) -> Sequential:
+def _planned(model: Model, source: str, *, require_input_shape: bool, keras: bool) -> Model:
     """``model``, planned when it has an input shape (errors located at ``source``); without one,
     refused if ``require_input_shape``."""
     try:
-        model.input_shape  # noqa: B018 - raises when there is none
+        model.input_shapes  # noqa: B018 - raises when there is none
     except LayerArgumentError:
         if require_input_shape:
             raise ConfigError(NO_KERAS_INPUT_SHAPE if keras else NO_INPUT_SHAPE, source=source,
@@ -219,7 +245,7 @@ def _planned(model: Sequential, source: str, *, require_input_shape: bool, keras
     return model
 
 
-def _model(doc: Mapping[str, Any], source: str) -> Sequential:
+def _model(doc: Mapping[str, Any], source: str) -> Model:
     if not isinstance(doc, Mapping):
         raise ConfigError(f"a config must be a table (a dict), got {describe_value(doc)}", source=source)
     _check_sections(doc, source)
@@ -233,58 +259,133 @@ def _model(doc: Mapping[str, Any], source: str) -> Sequential:
         raise ConfigError(
             f"`input_shape` (={model_shape!r}) in [model] must be a non-empty list of positive "
             "integers, such as [32, 32, 3]", source=source)
+    tables = doc.get("layers")
+    if not tables:
+        raise ConfigError("has no layers: add one [[layers]] table per layer", source=source)
+    if _is_graph(model_table, tables):
+        return _graph(model_table, tables, source)
     try:
         model = Sequential(
             name=name, input_shape=None if model_shape is None else tuple(model_shape))
     except JaxcnnError as error:
         raise error.located(source=source) from None
-
-    tables = doc.get("layers")
-    if not tables:
-        raise ConfigError("has no layers: add one [[layers]] table per layer", source=source)
     index = 0  # the model's layer index; an Input table is not counted
     for position, table in enumerate(tables):
-        if not isinstance(table, Mapping):
-            raise ConfigError(
-                f"entry {position} of `layers` must be a table ([[layers]]), got {describe_value(table)}",
-                source=source, index=index)
-        layer_name = table.get("name") if isinstance(table.get("name"), str) else None
-        if "type" not in table:
-            raise ConfigError(
-                f"missing key `type`: the layer's class, one of {', '.join(_type_names())}",
-                source=source, index=index, layer_name=layer_name)
-        type_name = table["type"]
-        if type_name != "Input" and (not isinstance(type_name, str) or type_name not in LAYER_TYPES):
-            shown = type_name if isinstance(type_name, str) else repr(type_name)
-            raise ConfigError(
-                _unknown(f"layer type {shown!r}" if isinstance(type_name, str) else
-                         f"layer type {shown} (must be a string)", str(shown), _type_names()),
-                source=source, index=index, layer_name=layer_name, key="type")
-        is_input = type_name == "Input"
-        cls: type[Layer] | type[Input] = Input if is_input else LAYER_TYPES[type_name]
-        where: dict[str, Any] = dict(
-            source=source, index=None if is_input else index, layer_name=layer_name,
-            layer_type=type_name)
-        fields = dataclasses.fields(cls)
-        known = ["type", *(f.name for f in fields)]
-        for key in table:
-            if key not in known:
-                raise ConfigError(_unknown("key", key, known), key=key, **where)
-        kwargs = {key: value for key, value in table.items() if key != "type"}
-        missing = [f"`{f.name}`" for f in fields if _required(f) and f.name not in kwargs]
-        if missing:
-            raise ConfigError(f"missing required key {', '.join(missing)}", **where)
-        if model_shape is not None and position == 0 and (is_input or "input_shape" in kwargs):
+        spec, where = _layer_spec(table, position, index, source, ())
+        is_input = isinstance(spec, Input)
+        if model_shape is not None and position == 0 and (is_input or "input_shape" in table):
             raise ConfigError(
                 "the input shape is given twice, in [model] and on the first layer; keep one",
                 **where)
         try:
-            model.add(cls(**kwargs))
+            model.add(spec)
         except JaxcnnError as error:
             raise error.located(**where) from None
         if not is_input:
             index += 1
     return model
+
+
+def _is_graph(model_table: Mapping[str, Any], tables: Sequence[Any]) -> bool:
+    """A graph config: ``[model] outputs``, a layer table with ``inputs``, or several Input tables."""
+    tables = [t for t in tables if isinstance(t, Mapping)]
+    return ("outputs" in model_table or any("inputs" in t for t in tables)
+            or sum(t.get("type") == "Input" for t in tables) > 1)
+
+
+def _layer_spec(table: Mapping[str, Any], position: int, index: int | None, source: str,
+                extra: tuple[str, ...]) -> tuple[Layer | Input, dict[str, Any]]:
+    """The spec a ``[[layers]]`` table describes, and ``where`` (its location for errors); the keys
+    in ``extra`` (``inputs``) are accepted beside the spec's fields and left out of the spec."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"entry {position} of `layers` must be a table ([[layers]]), got {describe_value(table)}",
+                          source=source, index=index)
+    layer_name = table.get("name") if isinstance(table.get("name"), str) else None
+    if "type" not in table:
+        raise ConfigError(f"missing key `type`: the layer's class, one of {', '.join(_type_names())}",
+                          source=source, index=index, layer_name=layer_name)
+    type_name = table["type"]
+    if type_name != "Input" and (not isinstance(type_name, str) or type_name not in LAYER_TYPES):
+        shown = type_name if isinstance(type_name, str) else repr(type_name)
+        raise ConfigError(
+            _unknown(f"layer type {shown!r}" if isinstance(type_name, str) else
+                     f"layer type {shown} (must be a string)", str(shown), _type_names()),
+            source=source, index=index, layer_name=layer_name, key="type")
+    is_input = type_name == "Input"
+    cls: type[Layer] | type[Input] = Input if is_input else LAYER_TYPES[type_name]
+    where: dict[str, Any] = dict(source=source, index=None if is_input else index, layer_name=layer_name,
+                                 layer_type=type_name)
+    fields = dataclasses.fields(cls)
+    known = ["type", *(f.name for f in fields), *(() if is_input else extra)]
+    for key in table:
+        if key not in known:
+            raise ConfigError(_unknown("key", key, known), key=key, **where)
+    kwargs = {key: value for key, value in table.items() if key != "type" and key not in extra}
+    missing = [f"`{f.name}`" for f in fields if _required(f) and f.name not in kwargs]
+    if missing:
+        raise ConfigError(f"missing required key {', '.join(missing)}", **where)
+    try:
+        return cls(**kwargs), where
+    except JaxcnnError as error:
+        raise error.located(**where) from None
+
+
+def _graph(model_table: Mapping[str, Any], tables: Sequence[Any], source: str) -> Model:
+    """A graph config's model: one node a table (an implicit first Input where ``[model]`` or the
+    first layer gives ``input_shape``), each taking its ``inputs`` or the previous table's output."""
+    specs: list[tuple[Layer | Input, dict[str, Any], Any]] = []
+    index = 0
+    for position, table in enumerate(tables):
+        spec, where = _layer_spec(table, position, index, source, ("inputs",))
+        inputs = table.get("inputs")
+        if inputs is not None and (not isinstance(inputs, list) or not inputs
+                                   or not all(isinstance(n, str) and n for n in inputs)):
+            raise ConfigError(f"`inputs` (={inputs!r}) must be a non-empty list of layer names, such as "
+                              '["conv2d_3", "add_1"]', **where)
+        specs.append((spec, where, inputs))
+        index += not isinstance(spec, Input)
+    model_shape = model_table.get("input_shape")
+    first = specs[0][0]
+    if isinstance(first, Layer) and first.input_shape is not None:
+        if model_shape is not None:
+            raise ConfigError("the input shape is given twice, in [model] and on the first layer; keep one",
+                              **specs[0][1])
+        model_shape = first.input_shape
+        specs[0] = (dataclasses.replace(first, input_shape=None), *specs[0][1:])
+    for spec, where, _ in specs[1:]:
+        if isinstance(spec, Layer) and spec.input_shape is not None:
+            raise ConfigError(f"`input_shape` (={list(spec.input_shape)}) is only accepted on the first layer; "
+                              'give the graph\'s other inputs as Input tables (`type = "Input"`)', **where)
+    if model_shape is not None:
+        if isinstance(first, Input):
+            raise ConfigError("the input shape is given twice, in [model] and by an Input table; keep one",
+                              **specs[0][1])
+        specs.insert(0, (Input(tuple(model_shape)), dict(source=source), None))
+    elif not isinstance(first, Input):
+        raise ConfigError(NO_INPUT_SHAPE, source=source, key="input_shape")
+    used = [spec.name for spec, _, _ in specs if spec.name is not None]
+    nodes: list[Node] = []
+    for spec, where, inputs in specs:
+        name = spec.name
+        if name is None:
+            name = fresh_name(INPUT_NAME if isinstance(spec, Input) else type(spec).default_name(), used)
+            used.append(name)
+        if isinstance(spec, Input):
+            nodes.append(Node(name, dataclasses.replace(spec, name=name)))
+            continue
+        if inputs is None:
+            inputs = [nodes[-1].name]
+        nodes.append(Node(name, dataclasses.replace(spec, name=name), tuple(inputs)))
+    outputs = model_table.get("outputs", [nodes[-1].name])
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(n, str) and n for n in outputs):
+        raise ConfigError(f"`outputs` (={outputs!r}) in [model] must be a non-empty list of layer names",
+                          source=source, key="outputs")
+    try:
+        return Model.from_nodes(nodes, inputs=[n.name for n in nodes if n.is_input], outputs=outputs,
+                                name=model_table.get("name", GRAPH_NAME))
+    except JaxcnnError as error:
+        indices = {n.name: i for i, n in enumerate(n for n in nodes if not n.is_input)}
+        raise error.located(source=source, index=indices.get(error.layer_name)) from None
 
 
 def _required(field: dataclasses.Field[Any]) -> bool:
@@ -299,7 +400,7 @@ def _type_names() -> list[str]:
 # Writing TOML.
 
 
-def to_toml(model: Sequential, *, header: str | None = None) -> str:
+def to_toml(model: Model, *, header: str | None = None) -> str:
     """The model as a jaxcnn TOML config that :func:`load` reads back ``==`` to ``model``.
 
     ``[model]`` holds the name and input shape (when the model has one); one ``[[layers]]`` table a
@@ -314,26 +415,52 @@ def to_toml(model: Sequential, *, header: str | None = None) -> str:
         input_shape: tuple[int, ...] | None = model.input_shape
     except LayerArgumentError:
         input_shape = None
+    if model.is_graph:
+        return _graph_toml(model, lines)
     if input_shape is not None:
         lines.append(f"input_shape = {_toml_value(input_shape)}")
     for index, layer in enumerate(model.layers):
-        where: dict[str, Any] = dict(index=index, layer_name=layer.name, layer_type=layer.type)
-        lines += ["", "[[layers]]", f"type = {_toml_value(layer.type)}"]
-        try:
-            lines.append(f"name = {_toml_value(layer.name)}")
-            defaults = {f.name: f.default for f in dataclasses.fields(layer)}
-            for key, value in layer.arguments().items():
-                if value is None:
-                    if defaults.get(key) is None:
-                        continue
-                    raise ConfigError(f"`{key}` is None, which TOML cannot write")
-                lines.append(f"{key} = {_toml_value(value)}")
-        except JaxcnnError as error:
-            raise error.located(**where) from None
+        lines += _layer_toml(index, layer, ())
     return "\n".join(lines) + "\n"
 
 
-def save(model: Sequential, path: str | os.PathLike[str], *, header: str | None = None) -> pathlib.Path:
+def _graph_toml(model: Model, lines: list[str]) -> str:
+    lines.append(f"outputs = {_toml_value(list(model.output_names))}")
+    index = 0
+    for node in model.nodes:
+        if node.is_input:
+            lines += ["", "[[layers]]", 'type = "Input"', f"name = {_toml_value(node.name)}",
+                      f"shape = {_toml_value(node.layer.shape)}"]  # type: ignore[union-attr]
+        else:
+            lines += _layer_toml(index, node.layer, node.inputs)  # type: ignore[arg-type]
+            index += 1
+    return "\n".join(lines) + "\n"
+
+
+def _layer_toml(index: int, layer: Layer, inputs: tuple[str, ...]) -> list[str]:
+    """One ``[[layers]]`` table: type, name, ``inputs`` (a graph's), the non-default arguments."""
+    where: dict[str, Any] = dict(index=index, layer_name=layer.name, layer_type=layer.type)
+    lines = ["", "[[layers]]", f"type = {_toml_value(layer.type)}"]
+    try:
+        if isinstance(layer, Nested):
+            raise ConfigError("is a nested model, which a jaxcnn TOML config cannot hold yet (its layers "
+                              "can be written into the outer model instead)")
+        lines.append(f"name = {_toml_value(layer.name)}")
+        if inputs:
+            lines.append(f"inputs = {_toml_value(list(inputs))}")
+        defaults = {f.name: f.default for f in dataclasses.fields(layer)}
+        for key, value in layer.arguments().items():
+            if value is None:
+                if defaults.get(key) is None:
+                    continue
+                raise ConfigError(f"`{key}` is None, which TOML cannot write")
+            lines.append(f"{key} = {_toml_value(value)}")
+    except JaxcnnError as error:
+        raise error.located(**where) from None
+    return lines
+
+
+def save(model: Model, path: str | os.PathLike[str], *, header: str | None = None) -> pathlib.Path:
     """Write :func:`to_toml` of ``model`` to ``path`` atomically (a temporary file in the same
     folder, then ``os.replace``): ``path`` is either left as it was or fully written. Returns
     ``path`` as a :class:`pathlib.Path`."""

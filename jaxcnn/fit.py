@@ -70,7 +70,7 @@ from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError, plural
 from jaxcnn.files import atomic_path, write_atomic
-from jaxcnn.model import Sequential
+from jaxcnn.graph import Model
 from jaxcnn.train import CompiledModel, Metrics, TrainState, class_labels, compile, params_sha256
 
 __all__ = ["Every", "Progress", "TrainConfig", "train_and_evaluate"]
@@ -198,7 +198,7 @@ class _Run:
 
     source: str
     workdir: pathlib.Path
-    model: Sequential
+    model: Model
     config: TrainConfig
     mesh: parallel.MeshConfig
     layout: parallel.Layout

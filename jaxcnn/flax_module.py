@@ -1,7 +1,8 @@
 """Layer specs to a Flax linen module.
 
 ``build_module(model)`` returns a :class:`SequentialModule`: one :class:`LayerModule` submodule a
-layer, named as the layer, whose computation is the spec's own ``forward``. The variables it
+layer, named as the layer, whose computation is the spec's own ``forward``, applied in the model's
+topological order (for a graph model, each to the outputs of the nodes it names). The variables it
 creates are ``{"params": {layer_name: {...}}, "batch_stats": {layer_name: {...}}}``.
 
 The lowerings (:mod:`jaxcnn.lowerings`) are chosen for the :class:`~jaxcnn.lowerings.LoweringContext`
@@ -11,7 +12,8 @@ when the module is built, never while it is traced.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -21,9 +23,9 @@ from jaxcnn.layers import Layer
 from jaxcnn.lowerings import LoweringContext
 
 if TYPE_CHECKING:
-    from jaxcnn.model import Sequential
+    from jaxcnn.graph import Model
 
-__all__ = ["LayerModule", "SequentialModule", "build_module", "traced_layer"]
+__all__ = ["LayerModule", "SequentialModule", "apply_graph", "build_module", "traced_layer", "wiring"]
 
 _LAYER = "jaxcnn_layer"  # the attribute that names the layer on an error raised while tracing it
 
@@ -48,7 +50,7 @@ class LayerModule(nn.Module):
     lowering: LoweringContext
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: Any, *, train: bool = False, mask: jax.Array | None = None) -> jax.Array:
         try:
             if mask is not None and getattr(self.spec, "uses_mask", False):
                 return self.spec.forward(self, x, train=train, mask=mask)
@@ -59,14 +61,20 @@ class LayerModule(nn.Module):
         except Exception as error:
             if traced_layer(error) is None:
                 layer = (self.index, self.spec.name, self.spec.type)
+                shapes = ", ".join(str(tuple(a.shape)) for a in x) if isinstance(x, tuple) else tuple(x.shape)
                 error.add_note(f"jaxcnn: raised while tracing layer {layer[0]} '{layer[1]}' ({layer[2]}) "
-                               f"on input {tuple(x.shape)}")
+                               f"on input {shapes}")
                 setattr(error, _LAYER, layer)
             raise
 
 
 class SequentialModule(nn.Module):
-    """The whole model. ``x`` is ``(batch, height, width, channels)``.
+    """The whole model. ``x`` is ``(batch, height, width, channels)`` (a tuple of such arrays, in
+    ``input_names`` order, for a graph with several inputs).
+
+    ``inbound`` is ``None`` for a :class:`~jaxcnn.Sequential` (each layer takes the previous
+    output); for a graph model, it names each spec's inputs (nodes of ``input_names`` or earlier
+    specs), and the output is the node of ``output_names`` (a tuple where there are several).
 
     ``train=True`` enables dropout (rng ``"dropout"``) and batch statistics (mutable
     ``"batch_stats"``); ``mask`` (``(batch,)``, 0 for padding) keeps padded examples out of the
@@ -76,20 +84,56 @@ class SequentialModule(nn.Module):
 
     specs: tuple[Layer, ...]
     lowering: LoweringContext
+    inbound: tuple[tuple[str, ...], ...] | None = None
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, *, train: bool = False, capture: bool = False, mask: jax.Array | None = None
+        self, x: Any, *, train: bool = False, capture: bool = False, mask: jax.Array | None = None
     ) -> jax.Array | tuple[jax.Array, ...]:
-        outputs = []
-        for index, spec in enumerate(self.specs):
-            x = LayerModule(spec, index, self.lowering, name=spec.name)(x, train=train, mask=mask)
+        outputs, result = apply_graph(self.specs, self.inbound, self.input_names, self.output_names, x,
+                                      lowering=self.lowering, train=train, mask=mask)
+        return tuple(outputs) if capture else result
+
+
+def apply_graph(specs: Sequence[Layer], inbound: tuple[tuple[str, ...], ...] | None, input_names: Sequence[str],
+                output_names: Sequence[str], x: Any, *, lowering: LoweringContext, train: bool,
+                mask: jax.Array | None) -> tuple[list[jax.Array], Any]:
+    """Run ``specs`` as :class:`LayerModule` submodules of the module being called (one a spec,
+    named as it): ``(every layer's output, the model's output)``. ``inbound=None`` chains them; else
+    it names each spec's inputs among ``input_names`` and the earlier specs (see
+    :class:`SequentialModule`). A nested model's layer runs its own graph through this."""
+    outputs = []
+    if inbound is None:
+        for index, spec in enumerate(specs):
+            x = LayerModule(spec, index, lowering, name=spec.name)(x, train=train, mask=mask)
             outputs.append(x)
-        return tuple(outputs) if capture else x
+        return outputs, x
+    values = dict(zip(input_names, x if len(input_names) > 1 else (x,)))
+    for index, (spec, names) in enumerate(zip(specs, inbound)):
+        arg = values[names[0]] if spec.num_inputs == 1 else tuple(values[n] for n in names)
+        values[spec.name] = LayerModule(spec, index, lowering, name=spec.name)(arg, train=train, mask=mask)
+        outputs.append(values[spec.name])
+    result = tuple(values[n] for n in output_names)
+    return outputs, result[0] if len(result) == 1 else result
 
 
-def build_module(model: Sequential, lowering: LoweringContext | None = None) -> SequentialModule:
-    """The Flax module of ``model`` (its layers, with their names), its lowerings chosen in
-    ``lowering``; ``None`` means this process's (:meth:`LoweringContext.of_process`, which starts
-    JAX's backends: pass a context to build a module for tracing only)."""
-    return SequentialModule(specs=tuple(model.layers), lowering=lowering or LoweringContext.of_process())
+def build_module(model: Model, lowering: LoweringContext | None = None,
+                 specs: Sequence[Layer] | None = None) -> SequentialModule:
+    """The Flax module of ``model`` (its layers, with their names, wired as its nodes say), its
+    lowerings chosen in ``lowering``; ``None`` means this process's
+    (:meth:`LoweringContext.of_process`, which starts JAX's backends: pass a context to build a
+    module for tracing only). ``specs`` replaces the layers, one for one (training without the
+    head's activation)."""
+    specs = tuple(model.layers if specs is None else specs)
+    lowering = lowering or LoweringContext.of_process()
+    return SequentialModule(specs=specs, lowering=lowering, **wiring(model))
+
+
+def wiring(model: Model) -> dict[str, Any]:
+    """The :class:`SequentialModule` fields that wire ``model``'s layers: none for a Sequential."""
+    if not model.is_graph:
+        return {}
+    return {"inbound": tuple(node.inputs for node in model.nodes if not node.is_input),
+            "input_names": model.input_names, "output_names": model.output_names}

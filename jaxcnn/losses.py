@@ -66,7 +66,7 @@ import numpy as np
 import optax
 
 from jaxcnn.errors import ConfigError
-from jaxcnn.model import Sequential
+from jaxcnn.graph import Model
 
 __all__ = [
     "LOSSES",
@@ -123,8 +123,10 @@ class Metrics(flax.struct.PyTreeNode):
                    accuracy=accuracy)
 
 
-def split_head(model: Sequential) -> tuple[tuple[Any, ...], str | None]:
-    """The layer specs with the final softmax/sigmoid removed, and that activation's name."""
+def split_head(model: Model) -> tuple[tuple[Any, ...], str | None]:
+    """The layer specs with the final softmax/sigmoid removed, and that activation's name. The last
+    layer is the output: a graph with one output has it last in its topological order, since every
+    layer leads to it."""
     layers = list(model.layers)
     last = layers[-1]
     activation = getattr(last, "activation", None)
@@ -141,7 +143,7 @@ def loss_name(loss: str) -> str:
     return name
 
 
-def default_loss(model: Sequential) -> str:
+def default_loss(model: Model) -> str:
     """The loss :func:`compile` takes when none is named: the crossentropy of the model's head
     where the head takes one, else mean squared error."""
     activation = getattr(model.layers[-1], "activation", None)
@@ -153,19 +155,19 @@ def default_loss(model: Sequential) -> str:
     return loss
 
 
-def _layer_error(model: Sequential, index: int, detail: str) -> ConfigError:
+def _layer_error(model: Model, index: int, detail: str) -> ConfigError:
     layer = model.layers[index]
     return ConfigError(detail, index=index, layer_name=layer.name, layer_type=layer.type, key="loss")
 
 
-def check_head(loss: str, model: Sequential) -> None:
+def check_head(loss: str, model: Model) -> None:
     """Refuse a crossentropy that the model's last layer cannot feed (the module's table)."""
     if loss == "mean_squared_error":
         return
     index = len(model.layers) - 1
     activation = getattr(model.layers[index], "activation", None)
     units = model.output_shape[-1]
-    before = index
+    before = index  # a graph with one output: a one-input layer's input comes just before it
     while before > 0 and model.layers[before].type in ("Dropout", "Flatten"):
         before -= 1
     hidden = getattr(model.layers[before], "activation", None)
@@ -234,7 +236,7 @@ def metric_spec(metrics: Sequence[str], loss: str, classes: int) -> tuple[int, b
     return (default if k is None else k), True
 
 
-def class_labels(loss: str, model: Sequential, num_classes: int, *,
+def class_labels(loss: str, model: Model, num_classes: int, *,
                  source: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """How the fit loop feeds a data set's integer class labels ``(batch,)`` (``0..num_classes-1``)
     to ``loss``: a function of the labels giving them as they are (sparse_categorical_crossentropy),

@@ -8,75 +8,17 @@ parameter shapes from the formulas in :mod:`jaxcnn.layers`. ``check()`` compares
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from jaxcnn.errors import ImpossibleShapeError, JaxcnnError, LayerArgumentError
-from jaxcnn.layers import Formula, Input, Layer, ParamShapes, Shape
+from jaxcnn.errors import LayerArgumentError
+from jaxcnn.graph import INPUT_NAME, LayerPlan, Model, Nested, Node, Tensor, _plan_node, fresh_name
+from jaxcnn.layers import Input, Layer, Shape
 
-if TYPE_CHECKING:  # imports that run the other way are done inside the methods
-    from jaxcnn.check import CheckResult
-    from jaxcnn.summary import Summary
-
-__all__ = ["LayerPlan", "Sequential"]
-
-NON_TRAINABLE_COLLECTIONS = ("batch_stats",)
+__all__ = ["LayerPlan", "Model", "Sequential"]
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerPlan:
-    """One layer of a model with its shapes from the formulas (batch axis excluded)."""
-
-    index: int
-    layer: Layer
-    input_shape: Shape
-    output_shape: Shape
-    param_shapes: ParamShapes
-
-    @property
-    def name(self) -> str:
-        return self.layer.name  # type: ignore[return-value]  # always set inside a model
-
-    @property
-    def type(self) -> str:
-        return self.layer.type
-
-    def _count(self, trainable: bool) -> int:
-        """A frozen layer's (``trainable=False``) parameters are all non-trainable, as Keras counts."""
-        total = 0
-        frozen = not getattr(self.layer, "trainable", True)
-        for collection, shapes in self.param_shapes.items():
-            if (frozen or collection in NON_TRAINABLE_COLLECTIONS) != trainable:
-                for shape in shapes.values():
-                    n = 1
-                    for d in shape:
-                        n *= d
-                    total += n
-        return total
-
-    @property
-    def trainable_params(self) -> int:
-        return self._count(True)
-
-    @property
-    def non_trainable_params(self) -> int:
-        return self._count(False)
-
-    @property
-    def params(self) -> int:
-        return self.trainable_params + self.non_trainable_params
-
-    def formula(self) -> Formula:
-        return self.layer.formula(self.input_shape)
-
-    def flops(self) -> int:
-        return self.layer.flops(self.input_shape)
-
-    def located(self, error: JaxcnnError) -> JaxcnnError:
-        return error.located(index=self.index, layer_name=self.name, layer_type=self.type)
-
-
-class Sequential:
+class Sequential(Model):
     """A linear stack of layers, as ``keras.Sequential``.
 
     Args:
@@ -106,9 +48,14 @@ class Sequential:
             self.add(layer)
 
     # ---- construction -------------------------------------------------------------------
-    def add(self, layer: Layer | Input) -> None:
-        """Append a layer (``model.add(Conv2D(...))``, as in the Keras notebooks)."""
+    def add(self, layer: Layer | Input | Tensor) -> None:
+        """Append a layer (``model.add(Conv2D(...))``, as in the Keras notebooks); the first may be
+        an input, ``jaxcnn.Input(shape)`` or the spec ``jaxcnn.layers.Input(shape)``."""
         index = len(self._layers)
+        if isinstance(layer, Tensor) and isinstance(layer.layer, Input):
+            layer = layer.layer
+        if isinstance(layer, Model):  # a nested model: one layer, named as the model
+            layer = Nested(model=layer, name=layer.name)
         if isinstance(layer, Input):
             if index or self._input_shape is not None:
                 raise LayerArgumentError(
@@ -118,9 +65,14 @@ class Sequential:
         if not isinstance(layer, Layer):
             raise LayerArgumentError(
                 f"is {layer!r} ({type(layer).__name__}), not a layer from jaxcnn.layers", index=index)
+        if layer.num_inputs != 1:
+            raise LayerArgumentError(
+                "merges several inputs, which a Sequential cannot give it: build a graph model "
+                "(jaxcnn.Model, or `inputs = [...]` in a TOML config)", index=index, layer_name=layer.name,
+                layer_type=layer.type)
         used = {lay.name for lay in self._layers}
         if layer.name is None:
-            layer = dataclasses.replace(layer, name=self._fresh_name(type(layer).default_name(), used))
+            layer = dataclasses.replace(layer, name=fresh_name(type(layer).default_name(), used))
         elif layer.name in used:
             raise LayerArgumentError(
                 f"`name` (={layer.name!r}) is already used by another layer; names must be unique",
@@ -133,14 +85,6 @@ class Sequential:
             self._input_shape = layer.input_shape
             layer = dataclasses.replace(layer, input_shape=None)
         self._layers = (*self._layers, layer)
-
-    @staticmethod
-    def _fresh_name(base: str, used: set[str | None]) -> str:
-        candidate, n = base, 0
-        while candidate in used:
-            n += 1
-            candidate = f"{base}_{n}"
-        return candidate
 
     def with_input_shape(self, input_shape: Sequence[int]) -> Sequential:
         """The same layers on another input shape (``jaxcnn summary --input-shape``)."""
@@ -166,9 +110,43 @@ class Sequential:
         return self._input_shape
 
     @property
+    def input_shapes(self) -> tuple[Shape, ...]:
+        return (self.input_shape,)
+
+    @property
+    def output_shapes(self) -> tuple[Shape, ...]:
+        return (self.output_shape,)
+
+    @property
     def output_shape(self) -> Shape:
         plan = self.plan()
         return plan[-1].output_shape if plan else self.input_shape
+
+    @property
+    def is_graph(self) -> bool:
+        return False
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The name of the input node (``input_layer``, unless a layer has that name)."""
+        return (fresh_name(INPUT_NAME, (layer.name for layer in self._layers)),)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (self._layers[-1].name,) if self._layers else ()  # type: ignore[return-value]
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The input node, then each layer taking the previous node."""
+        (previous,) = self.input_names
+        nodes = [Node(previous, Input(self.input_shape, name=previous))]
+        for layer in self._layers:
+            nodes.append(Node(layer.name, layer, (previous,)))  # type: ignore[arg-type]
+            previous = layer.name  # type: ignore[assignment]
+        return tuple(nodes)
+
+    def identity(self) -> tuple[Any, ...]:
+        return ("Sequential", self._name, self._input_shape, self._layers)
 
     def plan(self) -> tuple[LayerPlan, ...]:
         """Every layer's shapes from the closed-form formulas, batch axis excluded.
@@ -178,93 +156,18 @@ class Sequential:
         """
         if not self._layers:
             raise LayerArgumentError("the model has no layers")
-        shape = self.input_shape
-        out = []
+        out: list[LayerPlan] = []
+        shape, previous = self.input_shape, self.input_names[0]
         for index, layer in enumerate(self._layers):
-            try:
-                output_shape = layer.output_shape(shape)
-                param_shapes = layer.param_shapes(shape)
-            except JaxcnnError as error:
-                raise error.located(index=index, layer_name=layer.name, layer_type=layer.type) from None
-            if any(d < 1 for d in output_shape):  # defensive: formulas raise before this
-                raise ImpossibleShapeError(
-                    f"output shape {output_shape} has a size below 1", index=index,
-                    layer_name=layer.name, layer_type=layer.type)
-            out.append(LayerPlan(index, layer, shape, output_shape, param_shapes))
-            shape = output_shape
+            out.append(_plan_node(index, Node(layer.name, layer, (previous,)), (shape,)))  # type: ignore[arg-type]
+            shape, previous = out[-1].output_shape, layer.name  # type: ignore[assignment]
         return tuple(out)
-
-    def count_params(self) -> int:
-        """Total parameters, trainable and not (as Keras's ``count_params``)."""
-        return sum(p.params for p in self.plan())
-
-    def trainable_params(self) -> int:
-        return sum(p.trainable_params for p in self.plan())
-
-    def non_trainable_params(self) -> int:
-        return sum(p.non_trainable_params for p in self.plan())
-
-    # ---- delegations to the modules above -----------------------------------------------
-    def check(self, **kwargs: Any) -> CheckResult:
-        """Prove every layer's shapes with ``jax.eval_shape``; see :func:`jaxcnn.check.check`."""
-        from jaxcnn.check import check
-
-        return check(self, **kwargs)
-
-    def summarize(self, **kwargs: Any) -> Summary:
-        """The summary as an object (rows, totals, ``.text()``, ``.to_json()``); see
-        :func:`jaxcnn.summary.summarize`."""
-        from jaxcnn.summary import summarize
-
-        return summarize(self, **kwargs)
-
-    def summary(
-        self,
-        format: str = "text",
-        *,
-        flops: bool = False,
-        columns: Sequence[str] = (),
-        print_fn: Callable[[str], Any] | None = print,
-        width: int | None = None,
-        **kwargs: Any,
-    ) -> str | None:
-        """Print the summary as Keras does (``format="text"``), or as a rich table or JSON.
-
-        With ``print_fn=None`` the text is returned instead of printed. Long formula and lowering
-        cells wrap to ``width`` characters (default: the terminal's width).
-        """
-        from jaxcnn.summary import render
-
-        text = render(self.summarize(**kwargs), format=format, flops=flops, columns=columns, width=width)
-        if print_fn is None:
-            return text
-        print_fn(text)
-        return None
-
-    def module(self) -> Any:
-        """The Flax linen module; see :func:`jaxcnn.flax_module.build_module`."""
-        from jaxcnn.flax_module import build_module
-
-        return build_module(self)
-
-    def to_toml(self) -> str:
-        """The model as a TOML config that :func:`jaxcnn.load` reads back equal."""
-        from jaxcnn.config import to_toml
-
-        return to_toml(self)
-
-    def save(self, path: str) -> None:
-        """Write :meth:`to_toml` to ``path``."""
-        from jaxcnn.config import save
-
-        save(self, path)
 
     # ---- value semantics ----------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequential):
             return NotImplemented
-        return (self._name, self._input_shape, self._layers) == (
-            other._name, other._input_shape, other._layers)
+        return self.identity() == other.identity()
 
     __hash__ = None  # type: ignore[assignment]  # mutable through add()
 

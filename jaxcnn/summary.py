@@ -18,7 +18,7 @@ from jaxcnn.errors import JaxcnnError, LayerArgumentError
 from jaxcnn.layers import FLOPS_CONVENTION, Formula, Shape
 
 if TYPE_CHECKING:
-    from jaxcnn.model import LayerPlan, Sequential
+    from jaxcnn.graph import LayerPlan, Model
 
 __all__ = ["COLUMNS", "DEFAULT_WIDTH", "FLOPS_NOTE", "WRAPPED", "Row", "Summary", "readable_bytes", "render",
            "summarize", "summarize_file", "terminal_width"]
@@ -64,9 +64,11 @@ def _shape_text(shape: Sequence[int | None]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One layer of a summary. ``output_shape`` starts with ``None``, the batch axis."""
+    """One layer of a summary. ``output_shape`` starts with ``None``, the batch axis. A graph
+    model's inputs have rows too (``type`` ``InputLayer``, ``index`` ``None``), as Keras prints
+    them; ``connected_to`` names the nodes a layer takes (Keras's ``Connected to`` column)."""
 
-    index: int
+    index: int | None
     name: str
     type: str
     output_shape: tuple[int | None, ...]
@@ -79,6 +81,12 @@ class Row:
     receptive_field: tuple[int, int] | None  # None where every output sees the whole input
     formula: Formula
     lowering: str | None = None  # the XLA program chosen on the default backend, where there is a choice
+    connected_to: tuple[str, ...] = ()
+
+    @property
+    def connections(self) -> str:
+        """The ``Connected to`` cell as Keras 3 prints it: ``conv2d[0][0], input_layer[0][0]``."""
+        return ", ".join(f"{name}[0][0]" for name in self.connected_to) or "-"
 
     def cell(self, column: str) -> str:
         if column == "flops":
@@ -102,6 +110,8 @@ class Summary:
     input_shape: tuple[int | None, ...]
     rows: tuple[Row, ...]
     proved: bool
+    graph: bool = False  # a graph model's summary: input rows, and "Connected to" where `connected`
+    connected: bool = False  # the "Connected to" column (Keras omits it where the graph is a chain)
 
     @property
     def total_params(self) -> int:
@@ -150,6 +160,7 @@ class Summary:
                     "receptive_field": None if r.receptive_field is None else list(r.receptive_field),
                     "formula": {"output": r.formula.output, "params": r.formula.params},
                     "lowering": r.lowering,
+                    **({"connected_to": list(r.connected_to)} if self.graph else {}),
                 }
                 for r in self.rows
             ],
@@ -168,23 +179,36 @@ class Summary:
         return self.text()
 
 
-def _receptive_fields(plan: Sequence[LayerPlan]) -> list[tuple[int, int] | None]:
-    """Per layer, the input window one output position sees (``r += (k - 1) * j``, ``j *= s``)."""
+def _receptive_fields(plan: Sequence[LayerPlan], inputs: Sequence[str]) -> list[tuple[int, int] | None]:
+    """Per layer, the input window one output position sees (``r += (k - 1) * j``, ``j *= s``),
+    following each layer's inputs; a merge sees the widest of its inputs' windows."""
     out: list[tuple[int, int] | None] = []
-    field, jump, whole = [1, 1], [1, 1], False
+    state: dict[str, tuple[tuple[int, int], tuple[int, int], bool]] = {n: ((1, 1), (1, 1), False) for n in inputs}
     for p in plan:
+        before = [state[n] for n in p.inputs] or [((1, 1), (1, 1), False)]
+        field = (max(f[0] for f, _, _ in before), max(f[1] for f, _, _ in before))
+        jump = (max(j[0] for _, j, _ in before), max(j[1] for _, j, _ in before))
+        whole = any(w for _, _, w in before)
         window = p.layer.window()
         if p.layer.mixes_positions:
             whole = True
         elif window is not None and not whole:
             (kh, kw), (sh, sw) = window
-            field = [field[0] + (kh - 1) * jump[0], field[1] + (kw - 1) * jump[1]]
-            jump = [jump[0] * sh, jump[1] * sw]
-        out.append(None if whole else (field[0], field[1]))
+            field = (field[0] + (kh - 1) * jump[0], field[1] + (kw - 1) * jump[1])
+            jump = (jump[0] * sh, jump[1] * sw)
+        state[p.name] = (field, jump, whole)
+        out.append(None if whole else field)
     return out
 
 
-def summarize(model: Sequential, *, check: bool = True) -> Summary:
+def _is_chain(model: Model, plan: Sequence[LayerPlan]) -> bool:
+    """Whether the graph is a chain (one input, each layer taking one node that nothing else takes):
+    Keras then prints a graph model without the ``Connected to`` column."""
+    taken = [name for p in plan for name in p.inputs]
+    return len(model.input_names) == 1 and all(len(p.inputs) == 1 for p in plan) and len(taken) == len(set(taken))
+
+
+def summarize(model: Model, *, check: bool = True) -> Summary:
     """The summary of ``model``; with ``check=True`` (the default) its shapes are proved first
     with ``jax.eval_shape`` (:func:`jaxcnn.check.check`), else taken from the formulas alone."""
     if check:
@@ -193,20 +217,41 @@ def summarize(model: Sequential, *, check: bool = True) -> Summary:
         plan = tuple(proof.plan for proof in prove(model).layers)
     else:
         plan = model.plan()
-    rows = []
-    for p, field in zip(plan, _receptive_fields(plan)):
+    rows = {}
+    for p, field in zip(plan, _receptive_fields(plan, model.input_names)):
         elements = 1
         for d in p.output_shape:
             elements *= d
-        rows.append(Row(
+        rows[p.name] = Row(
             index=p.index, name=p.name, type=p.type, output_shape=(None, *p.output_shape),
             params=p.params, trainable_params=p.trainable_params,
             non_trainable_params=p.non_trainable_params,
             param_shapes={c: dict(s) for c, s in p.param_shapes.items()},
             flops=p.flops(), activation_bytes=elements * BYTES_PER_ACTIVATION,
-            receptive_field=field, formula=p.formula(), lowering=p.layer.describe_lowering(p.input_shape),
-        ))
-    return Summary(model.name, (None, *model.input_shape), tuple(rows), proved=check)
+            receptive_field=field, formula=p.formula(),
+            lowering=p.layer.describe_lowering(p.layer_input) if p.layer.num_inputs == 1 else None,
+            connected_to=p.inputs if model.is_graph else (),
+        )
+    if not model.is_graph:
+        return Summary(model.name, (None, *model.input_shape), tuple(rows.values()), proved=check)
+    for node in model.nodes:
+        if node.is_input:
+            shape = node.layer.shape  # type: ignore[union-attr]
+            rows[node.name] = Row(
+                index=None, name=node.name, type="InputLayer", output_shape=(None, *shape), params=0,
+                trainable_params=0, non_trainable_params=0, param_shapes={}, flops=0,
+                activation_bytes=BYTES_PER_ACTIVATION * _product(shape), receptive_field=(1, 1),
+                formula=Formula(output=f"input = {_shape_text((None, *shape))}", params="0"))
+    ordered = tuple(rows[node.name] for node in model.nodes)
+    return Summary(model.name, (None, *model.input_shapes[0]), ordered, proved=check, graph=True,
+                   connected=not _is_chain(model, plan))
+
+
+def _product(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _columns(columns: Sequence[str]) -> tuple[str, ...]:
@@ -220,16 +265,20 @@ def _text(s: Summary, columns: tuple[str, ...], width: int) -> str:
     """Keras's ``print_summary`` layout (line length 65, columns at .45 and .85), with columns
     widened to fit their content instead of truncated; the :data:`WRAPPED` columns are narrowed
     (to no less than :data:`MIN_WRAPPED_WIDTH`) and their cells wrapped until a line fits ``width``."""
-    headers = ["Layer (type)", "Output Shape", "Param #", *(COLUMNS[c] for c in columns)]
+    connected = ["Connected to"] if s.connected else []
+    headers = ["Layer (type)", "Output Shape", "Param #", *connected, *(COLUMNS[c] for c in columns)]
     table = [
-        [f"{r.name} ({r.type})", _shape_text(r.output_shape), str(r.params), *(r.cell(c) for c in columns)]
+        [f"{r.name} ({r.type})", _shape_text(r.output_shape), str(r.params),
+         *([r.connections] if s.connected else []), *(r.cell(c) for c in columns)]
         for r in s.rows
     ]
-    widths = [29, 26, 10] + [len(h) + 2 for h in headers[3:]]
+    # Keras 2's functional layout is 98 wide at .33, .55, .67: widths 32, 22, 11, 33
+    widths = ([32, 22, 11, 33] if s.connected else [29, 26, 10]) + [len(h) + 2 for h in headers[3 + len(connected):]]
     for line in [headers, *table]:
         for i, cell in enumerate(line):
             widths[i] = max(widths[i], len(cell) + 1)
-    widths = _fit(widths, [3 + i for i, c in enumerate(columns) if c in WRAPPED], width)
+    first = 3 + len(connected)
+    widths = _fit(widths, [first + i for i, c in enumerate(columns) if c in WRAPPED], width)
     length = sum(widths)
 
     def row(cells: Sequence[str]) -> list[str]:
@@ -284,13 +333,16 @@ def _rich(s: Summary, columns: tuple[str, ...], width: int) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    headers = ["Layer (type)", "Output Shape", "Param #", *(COLUMNS[c] for c in columns)]
-    body = [[f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}", *(r.cell(c) for c in columns)]
+    connected = ["Connected to"] if s.connected else []
+    headers = ["Layer (type)", "Output Shape", "Param #", *connected, *(COLUMNS[c] for c in columns)]
+    body = [[f"{r.name} ({r.type})", _shape_text(r.output_shape), f"{r.params:,}",
+             *([r.connections] if s.connected else []), *(r.cell(c) for c in columns)]
             for r in s.rows]
-    wrapped = [False, False, False, *(c in WRAPPED for c in columns)]
+    wrapped = [False, False, False, *(False for _ in connected), *(c in WRAPPED for c in columns)]
     table = Table(title=f'Model: "{s.name}"', title_justify="left")
     for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i < 2 or wrapped[i] else "right", no_wrap=not wrapped[i],
+        table.add_column(header, justify="right" if i == 2 or (i >= 3 + len(connected) and not wrapped[i]) else "left",
+                         no_wrap=not wrapped[i],
                          min_width=MIN_WRAPPED_WIDTH if wrapped[i] else None)
     for cells in body:
         table.add_row(*cells)
@@ -338,7 +390,7 @@ def summarize_file(path: str, *, input_shape: Sequence[int] | None = None, forma
     return text + "\n" + render_sharding(report)
 
 
-def _sharding_report(path: str, model: Sequential, mesh: str, devices: int | None) -> dict[str, Any]:
+def _sharding_report(path: str, model: Model, mesh: str, devices: int | None) -> dict[str, Any]:
     import jax
 
     from jaxcnn.config import read_document

@@ -40,11 +40,11 @@ import optax
 
 from jaxcnn import losses as losses_lib
 from jaxcnn import regularizers
-from jaxcnn.flax_module import SequentialModule
+from jaxcnn.flax_module import SequentialModule, build_module
 from jaxcnn.lowerings import LoweringContext
 from jaxcnn.errors import ConfigError, InputError
 from jaxcnn.losses import LOSSES, Metrics, class_labels
-from jaxcnn.model import Sequential
+from jaxcnn.graph import Model
 
 __all__ = [
     "LOSSES",
@@ -115,7 +115,7 @@ class CompiledModel:
     """A model with its optimizer, loss and metrics: jitted steps over an explicit state.
 
     Attributes:
-      model: the :class:`~jaxcnn.Sequential`.
+      model: the :class:`~jaxcnn.Sequential` or graph :class:`~jaxcnn.Model`.
       module: the Flax module computing the logits (the final softmax/sigmoid, if any, is applied by
         :meth:`predict`).
       optimizer: the optax transformation.
@@ -137,7 +137,7 @@ class CompiledModel:
     docstring); their ``lower``, ``trace`` and ``_cache_size`` are the jitted functions'.
     """
 
-    model: Sequential
+    model: Model
     module: SequentialModule
     optimizer: optax.GradientTransformation
     loss: str
@@ -472,7 +472,7 @@ class CompiledModel:
 
 
 def compile(  # noqa: A001  (the Keras name)
-    model: Sequential,
+    model: Model,
     optimizer: optax.GradientTransformation | str | Mapping[str, Any] = "adam",
     loss: str | None = None,
     metrics: Sequence[str] = (),
@@ -505,6 +505,11 @@ def compile(  # noqa: A001  (the Keras name)
     from jaxcnn.optimizers import from_config
 
     model.check()
+    if len(model.input_names) != 1 or len(model.output_names) != 1:
+        raise ConfigError(
+            f"the model has {len(model.input_names)} inputs ({', '.join(model.input_names)}) and "
+            f"{len(model.output_names)} outputs ({', '.join(model.output_names)}): training and export "
+            "take a model with one input and one output (it can be summarized and proved)", key="model")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}", key="precision")
     if on_nonfinite not in ("stop", "skip"):
@@ -519,7 +524,7 @@ def compile(  # noqa: A001  (the Keras name)
         # its penalty is of the probabilities (CompiledModel._regularized_losses), not of the logits
         specs = (*specs[:-1], dataclasses.replace(specs[-1], activity_regularizer=None))
     # the lowerings for this process's backend and XLA flags (on a mesh, CompiledModel marks them partitioned)
-    module = SequentialModule(specs=specs, lowering=LoweringContext.of_process())
+    module = build_module(model, LoweringContext.of_process(), specs=specs)
     return CompiledModel(model=model, module=module, optimizer=optimizer,
                          loss=loss, head=head, top_k=top_k, accuracy=accuracy, precision=precision,
                          on_nonfinite=on_nonfinite, layout=layout)

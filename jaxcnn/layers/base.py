@@ -376,6 +376,13 @@ class Layer:
         """The Keras class name, as the summary prints it."""
         return type(self).__name__
 
+    def __call__(self, inputs: Any) -> Any:
+        """The functional idiom: ``Conv2D(16, 3)(x)`` on a :class:`jaxcnn.graph.Tensor` (a list of
+        them for a merging layer) records a node and returns its output tensor."""
+        from jaxcnn.graph import call_layer
+
+        return call_layer(self, inputs)
+
     @classmethod
     def default_name(cls) -> str:
         return snake_case(cls.__name__)
