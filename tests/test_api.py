@@ -23,7 +23,7 @@ DOCUMENTED = {
     "Model": "jaxcnn.graph", "Input": "jaxcnn.graph",  # the functional Input (a tensor)
     **{layer: "jaxcnn.layers" for layer in (
         "Activation", "AveragePooling2D", "BatchNormalization", "Conv2D", "Conv2DTranspose", "Dense",
-        "DepthwiseConv2D", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input",
+        "DepthwiseConv2D", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
         "MaxPooling2D", "SeparableConv2D",
         "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")},
 }
