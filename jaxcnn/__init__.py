@@ -38,7 +38,7 @@ _EXPORTS = {
     "JaxcnnError": "jaxcnn.errors",
     "Sequential": "jaxcnn.model",
     "compile": "jaxcnn.train",
-    "from_keras_json": "jaxcnn.config",
+    "from_keras_json": "jaxcnn.keras",
     "load": "jaxcnn.config",
 }
 _SUBMODULES = ("errors", "layers")
