@@ -140,7 +140,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     elif suffix == ".json":
         as_json = True
     else:
-        as_json = text.lstrip().startswith("{")
+        as_json = text.lstrip().startswith(("{", '"'))  # '"': a to_json() text stored as a string
     doc = _parse_json(text, source) if as_json else _parse_toml(text, source)
     return source, doc
 
@@ -159,6 +159,14 @@ def _parse_json(text: str, source: str) -> dict[str, Any]:
         raise ConfigError(
             f"JSON syntax error: {error.msg} (at line {error.lineno}, column {error.colno})",
             source=source) from None
+    if isinstance(doc, str) and doc.lstrip().startswith("{"):
+        # A model.to_json() text stored as a JSON string (json.dump(model.to_json(), file)).
+        try:
+            doc = json.loads(doc)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"JSON syntax error in the JSON string that holds the model: "
+                              f"{error.msg} (at line {error.lineno}, column {error.colno})",
+                              source=source) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"the top level must be a JSON object, got {describe_value(doc)}", source=source)
     return doc

@@ -24,12 +24,12 @@ from jaxcnn.model import Sequential
 
 __all__ = ["from_keras_dict", "from_keras_json"]
 
-_KERAS_TOP_KEYS = frozenset({
-    "class_name", "config", "module", "registered_name", "build_config", "compile_config",
-    "keras_version", "backend",
+# The keys of a layer entry: Keras 3's, a functional model's ``name`` and ``inbound_nodes``, and a
+# nested model's ``compile_config`` (its optimizer and loss: not the architecture).
+_KERAS_ENTRY_KEYS = frozenset({
+    "class_name", "config", "module", "registered_name", "build_config", "name", "inbound_nodes",
+    "compile_config",
 })
-_KERAS_MODEL_KEYS = frozenset({"name", "layers", "trainable", "dtype", "build_input_shape"})
-_KERAS_ENTRY_KEYS = frozenset({"class_name", "config", "module", "registered_name", "build_config"})
 _KERAS_INPUT_KEYS = frozenset({
     "name", "batch_shape", "batch_input_shape", "dtype", "sparse", "ragged", "optional",
 })
@@ -74,70 +74,59 @@ class _Refused(Exception):
     """A Keras value jaxcnn does not support; the caller names the layer and the argument."""
 
 
-def from_keras_json(text: str, *, source: str = "<keras json>") -> Sequential:
-    """The model of a Keras ``model.to_json()`` text, in any of its three historical forms:
+def from_keras_json(text: str, *, source: str = "<keras json>") -> Any:
+    """The model of a Keras ``model.to_json()`` text, in any of its historical forms:
 
     * Keras 3: ``config.layers`` starting with an ``InputLayer`` whose config has ``batch_shape``;
     * tf.keras 2: ``config`` is an object with ``layers``; ``batch_input_shape`` on the first layer;
-    * Keras 2.2: ``config`` is the bare list of layers; ``batch_input_shape`` on the first layer.
+    * Keras 2.2: ``config`` is the bare list of layers; ``batch_input_shape`` on the first layer;
+    * a functional model (``Functional``, ``Model``: ``inbound_nodes``, ``input_layers``,
+      ``output_layers``), or a model nested as a layer: a graph model (:mod:`jaxcnn.keras.functional`).
 
-    The layer names and the model name (``config.name``, else ``"sequential"``) are kept.
+    The text may also be the ``to_json()`` text stored as a JSON string (encoded twice). The layer
+    names and the model name (``config.name``, else ``"sequential"``) are kept. Top-level and
+    model-config keys Keras does not read are ignored, as Keras ignores them.
 
     Raises:
-      UnsupportedError: a model other than ``Sequential``, a layer class jaxcnn lacks, or an
-        argument value it does not support (``data_format="channels_first"``, a regularizer, ...).
+      UnsupportedError: a subclassed model, a layer class jaxcnn lacks (``Lambda``: Python code), or
+        an argument value it does not support (``data_format="channels_first"``, a regularizer, ...).
       ConfigError: malformed JSON or a wrong or missing value, located at the layer.
     """
     return from_keras_dict(_parse_json(text, source), source=source)
 
 
-def from_keras_dict(doc: Mapping[str, Any], *, source: str = "<keras json>") -> Sequential:
+def from_keras_dict(doc: Mapping[str, Any], *, source: str = "<keras json>") -> Any:
     """:func:`from_keras_json` of the parsed JSON ``doc``; a model with an input shape is planned."""
     return _planned(_keras_model(doc, source), source, require_input_shape=False, keras=True)
 
 
-def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
-    if not isinstance(doc, Mapping) or "class_name" not in doc:
-        raise ConfigError(
-            "is not a Keras model description: expected a JSON object with `class_name` and "
-            "`config`", source=source)
-    class_name = doc["class_name"]
-    if class_name != "Sequential":
-        raise UnsupportedError(
-            f"class_name={_js(class_name)} is not supported: jaxcnn reads Sequential models only "
-            "(a functional or subclassed model is a graph, not a layer list)", source=source)
-    for key, value in doc.items():
-        if key not in _KERAS_TOP_KEYS:
-            raise UnsupportedError(f"top-level key {key}={_js(value)} is not supported",
-                                   source=source)
+#: Keras model classes: a document of one of them is a model, and so is a layer entry (a nested model).
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
+
+#: Why a ``Lambda`` layer is refused (wherever it appears).
+LAMBDA_REFUSED = (
+    'class_name="Lambda" is not supported: a Lambda layer holds Python code (its function is '
+    "stored as marshalled bytecode), which jaxcnn neither reads nor runs; replace it with a named "
+    "layer (Rescaling, Activation, Add, Reshape, ...) and save the model again")
+
+
+def _keras_model(doc: Mapping[str, Any], source: str) -> Any:
+    """The jaxcnn model of a parsed Keras document: a Sequential, or a graph model where the document
+    is a functional model or nests one (:mod:`jaxcnn.keras.functional`)."""
+    class_name = _model_class(doc, source)
+    if class_name != "Sequential" or _nests_a_model(doc.get("config")):
+        # jaxcnn.keras.functional imports this module.
+        from jaxcnn.keras.functional import graph_model, keras_graph
+
+        return graph_model(keras_graph(doc, source=source), source=source)
 
     config = doc.get("config")
     build_input_shape = None
     if isinstance(config, list):  # Keras 2.2
         name, entries = _DEFAULT_MODEL_NAME, config
-    elif isinstance(config, Mapping):  # Keras 3, tf.keras 2
-        for key, value in config.items():
-            if key not in _KERAS_MODEL_KEYS:
-                raise UnsupportedError(f"model config {key}={_js(value)} is not supported",
-                                       source=source)
-        if config.get("trainable", True) is not True:
-            raise UnsupportedError(
-                f"model config trainable={_js(config['trainable'])} is not supported: jaxcnn has "
-                "no frozen layers", source=source)
-        if not _float32(config.get("dtype")):
-            raise UnsupportedError(
-                f"model config dtype={_js(config['dtype'])} is not supported: jaxcnn computes in "
-                "float32", source=source)
-        name = config.get("name", _DEFAULT_MODEL_NAME)
-        entries = config.get("layers")
+    else:  # Keras 3, tf.keras 2
+        name, entries = _model_options(config, source)
         build_input_shape = config.get("build_input_shape")
-        if not isinstance(entries, list):
-            raise ConfigError(f"`config.layers` must be a list of layers, got {describe_value(entries)}",
-                              source=source)
-    else:
-        raise ConfigError(
-            f"`config` must be the list of layers or an object with `layers`, got "
-            f"{describe_value(config)}", source=source)
 
     try:
         model = Sequential(name=name)
@@ -148,50 +137,23 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
     axis_checks: list[tuple[int, int, dict[str, Any]]] = []
     index = 0  # the model's layer index; an InputLayer is not counted
     for position, entry in enumerate(entries):
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("class_name"), str):
-            raise ConfigError(
-                f"layer entry {position} must be an object with a `class_name` string and a "
-                "`config` object", source=source, index=index)
-        layer_class = entry["class_name"]
-        conf = entry.get("config", {})
-        layer_name = conf.get("name") if isinstance(conf, Mapping) else None
-        is_input = layer_class == "InputLayer"
-        where: dict[str, Any] = dict(source=source, index=None if is_input else index,
-                     layer_name=layer_name if isinstance(layer_name, str) else None,
-                     layer_type=layer_class)
-        if not isinstance(conf, Mapping):
-            raise ConfigError(f"`config` must be an object, got {describe_value(conf)}", **where)
-        _check_entry(entry, where)
-
-        if is_input:
+        layer_class, conf, where = _entry(entry, position, index, source)
+        if layer_class == "InputLayer":
             if index or input_shape is not None:
                 raise ConfigError("an InputLayer must come first, and only once", **where)
             input_shape = _keras_input_layer(conf, where)
             continue
-
-        canonical = _KERAS_ALIASES.get(layer_class, layer_class)
-        if canonical not in LAYER_TYPES:
-            raise UnsupportedError(
-                f"class_name={_js(layer_class)} is not supported; jaxcnn supports "
-                f"{', '.join(LAYER_TYPES)}", **where)
-        cls = LAYER_TYPES[canonical]
-        kwargs, batch_shape, axis = _keras_arguments(cls, conf, where)
+        batch_shape = _entry_batch_shape(conf, where)
         if batch_shape is not None:
             if index or (input_shape is not None and batch_shape != input_shape):
                 raise ConfigError(
                     f"a batch input shape {list(batch_shape)} on a layer other than the first "
                     "one; a Sequential model has one input", **where)
             input_shape = batch_shape
+        spec, axis = keras_layer(layer_class, conf, where)
         if axis is not None:
             axis_checks.append((index, axis, where))
-        missing = [f"`{f.name}`" for f in dataclasses.fields(cls)
-                   if _required(f) and f.name not in kwargs]
-        if missing:
-            raise ConfigError(f"missing argument {', '.join(missing)}", **where)
-        try:
-            model.add(cls(**kwargs))
-        except JaxcnnError as error:
-            raise error.located(**where) from None
+        model.add(spec)
         index += 1
 
     if input_shape is None and build_input_shape is not None:
@@ -204,6 +166,109 @@ def _keras_model(doc: Mapping[str, Any], source: str) -> Sequential:
             raise error.located(source=source) from None
     _check_axes(model, axis_checks)
     return model
+
+
+def _model_class(doc: Any, source: str) -> str:
+    """The ``class_name`` of a Keras model document, one of :data:`MODEL_CLASSES`. Other top-level
+    keys are not checked: Keras 3's ``model_from_json`` reads ``class_name``, ``config``, ``module``,
+    ``registered_name``, ``build_config`` and ``compile_config`` and ignores the rest."""
+    if not isinstance(doc, Mapping) or "class_name" not in doc:
+        raise ConfigError(
+            "is not a Keras model description: expected a JSON object with `class_name` and "
+            "`config`", source=source)
+    class_name = doc["class_name"]
+    if class_name not in MODEL_CLASSES:
+        raise UnsupportedError(
+            f"class_name={_js(class_name)} is not supported: jaxcnn reads Sequential and functional "
+            "(Functional, Model) models, not a subclassed model (its graph is Python code)",
+            source=source)
+    return class_name
+
+
+def _model_options(config: Any, source: str, prefix: str = "") -> tuple[str, list[Any]]:
+    """``(name, layer entries)`` of a Keras 3 or tf.keras 2 model ``config`` object, its
+    ``trainable`` and ``dtype`` checked. Other keys are ignored, as Keras's ``from_config`` ignores
+    them (``Sequential`` reads ``name``, ``layers`` and ``build_input_shape``; ``Functional`` passes
+    the rest to the model's constructor, which drops them)."""
+    where: dict[str, Any] = dict(source=source, layer_name=prefix.rstrip("/") or None)
+    if not isinstance(config, Mapping):
+        raise ConfigError(
+            f"`config` must be the list of layers or an object with `layers`, got "
+            f"{describe_value(config)}", **where)
+    if config.get("trainable", True) is not True:
+        raise UnsupportedError(
+            f"model config trainable={_js(config['trainable'])} is not supported: jaxcnn has "
+            "no frozen layers", **where)
+    if not _float32(config.get("dtype")):
+        raise UnsupportedError(
+            f"model config dtype={_js(config['dtype'])} is not supported: jaxcnn computes in "
+            "float32", **where)
+    entries = config.get("layers")
+    if not isinstance(entries, list):
+        raise ConfigError(f"`config.layers` must be a list of layers, got {describe_value(entries)}",
+                          **where)
+    return config.get("name", _DEFAULT_MODEL_NAME), entries
+
+
+def _nests_a_model(config: Any) -> bool:
+    """Whether a Sequential ``config`` (an object or Keras 2.2's list) has a model among its layers."""
+    entries = config.get("layers") if isinstance(config, Mapping) else config
+    return isinstance(entries, list) and any(
+        isinstance(entry, Mapping) and entry.get("class_name") in MODEL_CLASSES for entry in entries)
+
+
+def _entry(entry: Any, position: int, index: int, source: str,
+           prefix: str = "") -> tuple[str, Mapping[str, Any], dict[str, Any]]:
+    """``(class name, config, where)`` of the layer ``entry`` at ``position`` in its model's list;
+    ``index`` is the layer's index as the summary counts (an InputLayer has none), ``prefix`` the
+    names of the models it is nested in (``"outer/"``)."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("class_name"), str):
+        raise ConfigError(
+            f"layer entry {position} must be an object with a `class_name` string and a "
+            "`config` object", source=source, index=index,
+            layer_name=prefix.rstrip("/") or None)
+    layer_class = entry["class_name"]
+    conf = entry.get("config", {})
+    layer_name = conf.get("name") if isinstance(conf, Mapping) else None
+    where: dict[str, Any] = dict(
+        source=source, index=None if layer_class == "InputLayer" else index,
+        layer_name=prefix + layer_name if isinstance(layer_name, str) else None,
+        layer_type=layer_class)
+    if not isinstance(conf, Mapping):
+        raise ConfigError(f"`config` must be an object, got {describe_value(conf)}", **where)
+    _check_entry(entry, where)
+    return layer_class, conf, where
+
+
+def _entry_batch_shape(conf: Mapping[str, Any], where: dict[str, Any]) -> tuple[int, ...] | None:
+    """The batch input shape a layer's config carries (``batch_input_shape``, ``batch_shape``), if any."""
+    for key in ("batch_input_shape", "batch_shape"):
+        if key in conf:
+            return _batch_shape(conf[key], key, where)
+    return None
+
+
+def keras_layer(layer_class: str, conf: Mapping[str, Any],
+                where: dict[str, Any]) -> tuple[Layer, int | None]:
+    """``(spec, positive BatchNormalization axis to check or None)`` of one Keras layer entry
+    (``class_name`` and ``config``); errors are located at ``where``."""
+    if layer_class == "Lambda":
+        raise UnsupportedError(LAMBDA_REFUSED, **where)
+    canonical = _KERAS_ALIASES.get(layer_class, layer_class)
+    if canonical not in LAYER_TYPES:
+        raise UnsupportedError(
+            f"class_name={_js(layer_class)} is not supported; jaxcnn supports "
+            f"{', '.join(LAYER_TYPES)}", **where)
+    cls = LAYER_TYPES[canonical]
+    kwargs, _, axis = _keras_arguments(cls, conf, where)
+    missing = [f"`{f.name}`" for f in dataclasses.fields(cls)
+               if _required(f) and f.name not in kwargs]
+    if missing:
+        raise ConfigError(f"missing argument {', '.join(missing)}", **where)
+    try:
+        return cls(**kwargs), axis
+    except JaxcnnError as error:
+        raise error.located(**where) from None
 
 
 def _check_entry(entry: Mapping[str, Any], where: dict[str, Any]) -> None:
