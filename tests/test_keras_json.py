@@ -5,16 +5,18 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import math
 import pathlib
 from typing import Any
 
+import jax
 import pytest
 
 import jaxcnn
 import jaxcnn.config
 import jaxcnn.keras
 from jaxcnn import config
-from jaxcnn.errors import ConfigError, LayerArgumentError, UnsupportedError
+from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, UnsupportedError
 from jaxcnn.keras.functional import KerasGraph, keras_graph
 from jaxcnn.keras.json import keras_layer
 from jaxcnn.layers import LAYER_TYPES, Conv2D, Dense, Input
@@ -228,6 +230,31 @@ def test_sequential_nesting_a_functional_base_is_a_graph():
             config.from_keras_json(json.dumps(doc), source="t.json")
 
 
+def test_operation_on_a_number_is_a_rescaling():
+    # MobileNetV3's hard sigmoid: ReLU(6)(x + 3.0) * (1 / 6), written as keras.src.ops.numpy calls.
+    def op(class_name, name, tensor, number, first=False):
+        entry = k3(class_name, name, tensor, module="keras.src.ops.numpy")
+        args = entry["inbound_nodes"][0]["args"]
+        args[:] = [number, args[0]] if first else [args[0], number]
+        return entry
+
+    doc = k3_model([k3_input(), op("Add", "add", "img", 3.0), op("Multiply", "mul", "add", 1 / 6),
+                    op("Subtract", "sub", "mul", 1.0, first=True), op("Divide", "div", "sub", 4)],
+                   [["img", 0, 0]], [["div", 0, 0]])
+    read = []
+    graph = keras_graph(doc, layer=lambda cls, conf, where: (read.append((cls, conf)) or cls, None))
+    assert structure(graph) == [("img", ()), ("add", ("img",)), ("mul", ("add",)), ("sub", ("mul",)),
+                                ("div", ("sub",))]
+    assert [node.layer for node in graph.nodes[1:]] == ["Rescaling"] * 4
+    assert [conf for cls, conf in read if cls == "Rescaling"] == [
+        {"name": "add", "scale": 1.0, "offset": 3.0}, {"name": "mul", "scale": 1 / 6, "offset": 0.0},
+        {"name": "sub", "scale": -1.0, "offset": 1.0}, {"name": "div", "scale": 0.25, "offset": 0.0}]
+    doc["config"]["layers"][4]["inbound_nodes"][0]["args"].reverse()  # 4 / x
+    with pytest.raises(UnsupportedError, match=r"^g\.json: layer 3 'div' \(Divide\): the call arguments "
+                       r"\[4\] are not supported: jaxcnn reads a number only in an operation"):
+        keras_graph(doc, layer=reader, source="g.json")
+
+
 # --------------------------------------------------------------------------------------------
 # Refusals, located at the layer.
 
@@ -266,8 +293,8 @@ def test_nested_layer_errors_name_the_path_through_the_models():
     [
         (lambda layers: layers[2]["inbound_nodes"][0]["args"][0]["config"].update(
             keras_history=["nowhere", 0, 0]),
-         ConfigError, r"layer 1 'conv_b' \(Conv2D\): \[\"nowhere\", 0, 0\] names the layer 'nowhere', "
-                      r"which the model does not have"),
+         ConfigError, (r"layer 1 'conv_b' \(Conv2D\): \[\"nowhere\", 0, 0\] names the layer "
+                       r"'nowhere', which the model does not have")),
         (lambda layers: layers[2]["inbound_nodes"][0]["args"][0]["config"].update(
             keras_history=["conv_a", 1, 0]),
          ConfigError, r"layer 1 'conv_b' \(Conv2D\): \[\"conv_a\", 1, 0\]: node 1 of 'conv_a' does not exist \(it is called 1 time\)"),
@@ -404,3 +431,41 @@ def test_application_reproduces_keras_figures(path):
     build = application(path)["builds"]["small"]
     model = jaxcnn.from_keras_json(build["json"])
     assert model.count_params() == build["total"]
+
+
+# --------------------------------------------------------------------------------------------
+# Keras's own layer-test shape cases (tests/data/make_keras_layer_cases.py), with Keras's figures.
+
+LAYER_CASES = json.loads((DATA / "keras_layer_cases.json").read_text())["cases"]
+
+
+def case_id(case: dict) -> str:
+    return f"{case['class']}-{json.dumps(case['init_kwargs'], sort_keys=True)}-{case['input_shape']}"
+
+
+@pytest.mark.parametrize("case", [c for c in LAYER_CASES if c["class"] in LAYER_TYPES], ids=case_id)
+def test_keras_layer_case_reproduced_or_refused_by_name(case):
+    where = {"source": "keras_layer_cases.json", "layer_type": case["class"]}
+    shape = tuple(case["input_shape"][1:])  # Keras's tests give the batch size first
+    keras = case["keras"]
+    if "error" in keras:  # Keras refuses the case: so must jaxcnn
+        with pytest.raises(JaxcnnError):
+            spec, _ = keras_layer(case["class"], case["init_kwargs"], where)
+            spec.output_shape(shape)
+        return
+    try:
+        spec, _ = keras_layer(case["class"], case["init_kwargs"], where)
+    except UnsupportedError as error:  # a refusal names the argument: no wrong figure
+        assert "is not supported" in str(error)
+        return
+    params = sum(math.prod(leaf) for tree in spec.param_shapes(shape).values()
+                 for leaf in jax.tree.leaves(tree, is_leaf=lambda v: isinstance(v, tuple)))
+    assert [case["input_shape"][0], *spec.output_shape(shape)] == keras["output_shape"]
+    assert params == keras["params"]
+
+
+def test_keras_layer_cases_cover_the_issues_layers():
+    classes = {case["class"] for case in LAYER_CASES}
+    assert {"Add", "Concatenate", "Reshape", "Permute", "UpSampling2D", "DepthwiseConv2D",
+            "SeparableConv2D", "Conv2DTranspose", "LayerNormalization", "ReLU", "LeakyReLU", "PReLU",
+            "ELU", "Softmax", "SpatialDropout2D", "GaussianNoise", "GaussianDropout"} <= classes

@@ -128,6 +128,7 @@ class _Layer:
 
     name: str
     class_name: str
+    module: str | None
     layer: Any
     inbound: list[Any]
     where: dict[str, Any]
@@ -231,7 +232,8 @@ class _Reader:
                 spec = self.nested(layer_class, conf, prefix)
             else:
                 spec, axis = self.read_layer(layer_class, conf, where)
-            layers[layer_name] = _Layer(layer_name, layer_class, spec, inbound, where, axis)
+            layers[layer_name] = _Layer(layer_name, layer_class, entry.get("module"), spec, inbound,
+                                        where, axis)
             if layer_class != "InputLayer":
                 index += 1
         if not layers:
@@ -248,10 +250,11 @@ class _Reader:
                                   **layer.where)
             for k, node_data in enumerate(layer.inbound):
                 node_name = _node_name(layer.name, k)
-                refs = _references(node_data, layer.where)
+                refs, constants = _references(node_data, layer.where)
                 inputs = tuple(self.resolve(ref, layers, layer.where, legacy=isinstance(node_data, list))
                                for ref in refs)
-                nodes.append(KerasNode(node_name, layer.layer, inputs))
+                spec = self.constant_operation(layer, constants) if constants else layer.layer
+                nodes.append(KerasNode(node_name, spec, inputs))
                 if layer.axis is not None:
                     axis_checks.append((node_name, layer.axis))
         legacy = any(isinstance(data, list) for layer in layers.values() for data in layer.inbound)
@@ -263,6 +266,29 @@ class _Reader:
         outputs = self.endpoints(config["output_layers"], "output_layers", layers, model_where, legacy)
         return KerasGraph(name, class_name, _topological(nodes, model_where), inputs, outputs,
                           tuple(axis_checks))
+
+    def constant_operation(self, layer: _Layer, constants: list[tuple[int, Any]]) -> Any:
+        """The ``Rescaling(scale, offset)`` spec of a Keras 3 operation on one tensor and one number:
+        ``x + c``, ``x * c``, ``x - c``, ``c - x``, ``x / c`` (MobileNetV3's hard sigmoid writes
+        ``keras.src.ops.numpy.Add`` with ``args: [x, 3.0]``)."""
+        position, c = constants[0] if len(constants) == 1 else (None, None)
+        scale_offset = None
+        if c is not None and (layer.module or "").startswith("keras.src.ops."):
+            scale_offset = {
+                "Add": (1.0, c),
+                "Multiply": (c, 0.0),
+                "Subtract": (1.0, -c) if position == 1 else (-1.0, c),
+                "Divide": (1.0 / c, 0.0) if position == 1 and c else None,
+                "TrueDivide": (1.0 / c, 0.0) if position == 1 and c else None,
+            }.get(layer.class_name)
+        if scale_offset is None:
+            raise UnsupportedError(
+                f"the call arguments {_js([value for _, value in constants])} are not supported: "
+                "jaxcnn reads a number only in an operation x + c, x * c, x - c, c - x or x / c",
+                **layer.where)
+        scale, offset = scale_offset
+        return self.read_layer("Rescaling", {"name": layer.name, "scale": scale, "offset": offset},
+                               layer.where)[0]
 
     def resolve(self, ref: Sequence[Any], layers: Mapping[str, _Layer], where: dict[str, Any], *,
                 legacy: bool, endpoint: bool = False) -> str:
@@ -314,24 +340,33 @@ def _node_name(layer_name: str, k: int) -> str:
 _HARMLESS_CALL_KWARGS = frozenset({"mask", "training"})
 
 
-def _references(node_data: Any, where: dict[str, Any]) -> list[Sequence[Any]]:
-    """The ``[layer_name, node_index, tensor_index]`` references of one inbound node, in order."""
+def _references(node_data: Any,
+                where: dict[str, Any]) -> tuple[list[Sequence[Any]], list[tuple[int, Any]]]:
+    """The ``[layer_name, node_index, tensor_index]`` references of one inbound node, in order, and
+    the ``(position, value)`` of the numbers among a Keras 3 operation's arguments."""
     if isinstance(node_data, list):  # tf.keras 2, Keras 2.2: [[name, node, tensor, kwargs], ...]
         for ref in node_data:
             if isinstance(ref, list) and len(ref) == 4:
                 _check_call_kwargs(ref[3], where, keras3=False)
-        return node_data
+        return node_data, []
     if not isinstance(node_data, Mapping) or not isinstance(node_data.get("args"), list):
         raise ConfigError(f"an inbound node must be an object with `args` (Keras 3) or a list "
                           f"(tf.keras 2), got {_js(node_data)}", **where)
     _check_call_kwargs(node_data.get("kwargs", {}), where, keras3=True)
     args = node_data["args"]
     # A layer takes one tensor or one list of them (merging layers); a Keras 3 operation takes
-    # tensors as positional arguments (``x + y`` is ``keras.src.ops.numpy.Add``, called ``(x, y)``).
+    # tensors as positional arguments (``x + y`` is ``keras.src.ops.numpy.Add``, called ``(x, y)``),
+    # and numbers (``x + 3.0``).
     tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
-    if not tensors:
+    constants = [(i, value) for i, value in enumerate(tensors) if _is_number(value)]
+    refs = [_history(tensor, where) for tensor in tensors if not _is_number(tensor)]
+    if not refs:
         raise ConfigError("an inbound node without input tensors", **where)
-    return [_history(tensor, where) for tensor in tensors]
+    return refs, constants
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _history(tensor: Any, where: dict[str, Any]) -> Sequence[Any]:
