@@ -16,9 +16,13 @@ The ``inbound_nodes`` of a layer entry are read in both forms Keras writes:
 Node names: a layer's first node (its first call in the model) is named as the layer; its node ``k``
 (``k >= 1``, the layer shared, called ``k + 1`` times) is named ``"layer@k"``, and all the nodes of
 one layer hold the same spec object. Node indices are Keras's: the position in the layer's
-``inbound_nodes``, except that a nested functional model's first call is node 1 in tf.keras 2
-(everywhere) and in Keras 3's ``input_layers``/``output_layers`` (Keras counts the node that links
-the nested model's own input to its output).
+``inbound_nodes``, except that a nested model's first call is node 1 in tf.keras 2 (everywhere) and
+a nested Functional's in Keras 3's ``input_layers``/``output_layers`` (Keras counts the node that
+links the nested model's own input to its output; tf.keras 2 leaves it out for a Sequential that
+was never built, whose node 1 is then read as its first call too).
+
+A Keras 3 operation on one tensor and one number (``x + 3.0``, ``x * (1 / 6)``: MobileNetV3's hard
+sigmoid, written as ``keras.src.ops.numpy.Add``/``Multiply``) is a ``Rescaling(scale, offset)`` node.
 
 A nested model (a ``Sequential``, ``Functional`` or ``Model`` entry among the layers) is a node whose
 layer is a :class:`KerasGraph`, read recursively; its layers are located in errors as
