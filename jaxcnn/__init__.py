@@ -53,7 +53,7 @@ _EXPORTS = {
     "Model": "jaxcnn.graph",
     "Sequential": "jaxcnn.model",
     "compile": "jaxcnn.train",
-    "from_keras_json": "jaxcnn.config",
+    "from_keras_json": "jaxcnn.keras",
     "load": "jaxcnn.config",
 }
 _SUBMODULES = ("errors", "layers")

@@ -214,11 +214,19 @@ def test_keras_unknown_class_refused_by_name():
         config.from_keras_json(text)
 
 
-def test_keras_functional_model_refused(tmp_path):
+def test_keras_functional_model_without_its_input_layers_refused(tmp_path):
     text = mixed_with(lambda doc, layers: doc.update(class_name="Functional"))
     path = write(tmp_path, text, "functional.json")
-    with pytest.raises(UnsupportedError, match=r'functional\.json: class_name="Functional" is not supported'):
+    with pytest.raises(ConfigError, match=r"functional\.json: key `input_layers`: missing "
+                       r"`config\.input_layers`: a Functional model names its input and output layers"):
         config.load(path)
+
+
+def test_keras_subclassed_model_refused(tmp_path):
+    text = mixed_with(lambda doc, layers: doc.update(class_name="MyModel"))
+    with pytest.raises(UnsupportedError, match=r'^m\.json: class_name="MyModel" is not supported: jaxcnn '
+                       r"reads Sequential and functional \(Functional, Model\) models"):
+        config.from_keras_json(text, source="m.json")
 
 
 def test_keras_fixed_batch_size_and_input_layer_flags_refused():
