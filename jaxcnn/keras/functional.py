@@ -33,12 +33,11 @@ inputs, and takes the input of the node that calls the model.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from jaxcnn.config import _is_int
-from jaxcnn.errors import ConfigError, UnsupportedError, describe_value
+from jaxcnn.errors import JaxcnnError, ConfigError, UnsupportedError, describe_value
 from jaxcnn.keras.json import (
     MODEL_CLASSES,
     _batch_shape,
@@ -52,11 +51,9 @@ from jaxcnn.keras.json import (
 )
 from jaxcnn.layers import Input, snake_case
 
-__all__ = ["GRAPH_MISSING", "KerasGraph", "KerasNode", "LayerReader", "graph_model", "keras_graph"]
+__all__ = ["KerasGraph", "KerasNode", "LayerReader", "graph_model", "keras_graph"]
 
 #: Why a graph model is refused while ``jaxcnn.graph`` is missing.
-GRAPH_MISSING = "graph models are not supported yet (jaxcnn.graph is missing)"
-
 #: Reads one layer entry: ``(class_name, config, where) -> (spec, BatchNormalization axis or None)``
 #: (:func:`jaxcnn.keras.json.keras_layer`).
 LayerReader = Callable[[str, Mapping[str, Any], dict[str, Any]], tuple[Any, int | None]]
@@ -105,21 +102,23 @@ def keras_graph(doc: Mapping[str, Any], *, source: str = "<keras json>",
 
 
 def graph_model(graph: KerasGraph, *, source: str = "<keras json>") -> Any:
-    """The jaxcnn graph model of ``graph``: ``jaxcnn.graph.Model.from_nodes`` of its nodes, nested
-    graphs built first. While ``jaxcnn.graph`` is missing, refused with :data:`GRAPH_MISSING`."""
-    if importlib.util.find_spec("jaxcnn.graph") is None:
-        what = ("a Sequential model that nests a model" if graph.class_name == "Sequential"
-                else f"class_name={_js(graph.class_name)}")
-        raise UnsupportedError(f"{what} is a graph model: {GRAPH_MISSING}", source=source)
+    """The jaxcnn model of ``graph``, nested graphs built first: a :class:`~jaxcnn.Sequential` where
+    Keras's class is ``Sequential`` (a chain: Keras prints a nested one as ``Sequential``), else
+    ``jaxcnn.graph.Model.from_nodes`` of its nodes."""
     from jaxcnn import graph as graph_module
+    from jaxcnn.model import Sequential
 
     def build(graph: KerasGraph) -> Any:
-        nodes = [graph_module.Node(node.name, build(node.layer) if isinstance(node.layer, KerasGraph)
-                                   else node.layer, node.inputs) for node in graph.nodes]
-        return graph_module.Model.from_nodes(nodes, inputs=graph.inputs, outputs=graph.outputs,
-                                             name=graph.name)
+        layers = [build(node.layer) if isinstance(node.layer, KerasGraph) else node.layer for node in graph.nodes]
+        if graph.class_name == "Sequential":
+            return Sequential(layers, name=graph.name)  # an Input first, if any, gives the input shape
+        nodes = [graph_module.Node(node.name, layer, node.inputs) for node, layer in zip(graph.nodes, layers)]
+        return graph_module.Model.from_nodes(nodes, inputs=graph.inputs, outputs=graph.outputs, name=graph.name)
 
-    return build(graph)
+    try:
+        return build(graph)
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The custom layers ``keras.applications`` writes into its models' JSON: ConvNeXt's ``LayerScale``
-(keras/src/applications/convnext.py). InceptionResNetV2's ``CustomScaleLayer`` takes two inputs: it
-is a merging layer (:mod:`jaxcnn.layers.merging`)."""
+(keras/src/applications/convnext.py) and InceptionResNetV2's ``CustomScaleLayer``
+(keras/src/applications/inception_resnet_v2.py), a two-input layer like the merging ones."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import jax.numpy as jnp
 
 from jaxcnn.errors import ImpossibleShapeError
 from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _fmt_shape, _number, _positive_int, _set
+from jaxcnn.layers.merging import _Merge
 
-__all__ = ['LayerScale']
+__all__ = ["CustomScaleLayer", "LayerScale"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,3 +55,20 @@ class LayerScale(Layer):
         gamma = module.param("gamma", jax.nn.initializers.constant(self.init_values), (self.projection_dim,),
                              jnp.float32)
         return x * gamma.astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomScaleLayer(_Merge):
+    """InceptionResNetV2's ``CustomScaleLayer(scale)``: ``inputs[0] + inputs[1] * scale``, of
+    exactly two inputs (broadcast as the merging layers)."""
+
+    scale: float = 1.0
+
+    max_inputs: ClassVar[int | None] = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, scale=_number(self.type, "scale", self.scale))
+
+    def _merge(self, arrays: list[jax.Array]) -> jax.Array:
+        return arrays[0] + arrays[1] * self.scale
