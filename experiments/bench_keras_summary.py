@@ -63,8 +63,8 @@ def wall(command: list[str], repeats: int, env: dict[str, str] | None = None) ->
     return times
 
 
-def has_keras(python: str) -> bool:
-    return subprocess.run([python, "-c", "import keras"], capture_output=True).returncode == 0
+def has_keras(python: str, env: dict[str, str]) -> bool:
+    return subprocess.run([python, "-c", "import keras"], capture_output=True, env=env).returncode == 0
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
             ours = wall([sys.executable, "-m", "jaxcnn", "summary", str(path)], args.repeats)
             row = {"model": name, "layers": len(build["layers"]), "jaxcnn_seconds": ours,
                    "jaxcnn_median": statistics.median(ours)}
-            if has_keras(args.keras_python):
+            if has_keras(args.keras_python, env):
                 theirs = wall([args.keras_python, "-c", _KERAS, name], args.repeats, env)
                 row.update(keras_seconds=theirs, keras_median=statistics.median(theirs),
                            ratio=statistics.median(ours) / statistics.median(theirs))
