@@ -33,7 +33,8 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from jaxcnn.errors import ConfigError, plural
 
-__all__ = ["AXIS", "STRATEGIES", "Layout", "MeshConfig", "initialize_distributed"]
+__all__ = ["AXIS", "STRATEGIES", "Layout", "MeshConfig", "fetch", "initialize_distributed", "pad_batch",
+           "render_sharding", "sharding_report"]
 
 AXIS = "data"
 STRATEGIES = ("data", "fsdp")
