@@ -9,12 +9,16 @@ Shows: the model's parameter count (74,026, as jaxcnn counts) and the validation
        (jaxcnn: [0.1, 0.1, 0.878, 0.972, 0.961, 0.967, 0.956, 0.95, 0.95, 0.961]).
 """
 import os
-os.environ["KERAS_BACKEND"] = "jax"
-import numpy as np, keras
-from keras import layers as L
+import pathlib
 import sys
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-from jaxcnn import data as D
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+from keras import layers as L  # noqa: E402
+
+from jaxcnn import data as D  # noqa: E402
 train, val, test, _ = D.prepare_from_config({"name": "digits", "validation": 0.1, "test": 0.2, "fit": "pad"}, input_shape=(32, 32, 1), seed=0)
 mom = float(sys.argv[1])
 inp = keras.Input((32, 32, 1)); x = inp
