@@ -333,11 +333,17 @@ def _layer_spec(table: Mapping[str, Any], position: int, index: int | None, sour
         if key not in known:
             raise ConfigError(_unknown("key", key, known), key=key, **where)
     kwargs = {key: value for key, value in table.items() if key != "type" and key not in extra}
-    missing = [f"`{f.name}`" for f in fields if _required(f) and f.name not in kwargs]
-    if missing:
-        raise ConfigError(f"missing required key {', '.join(missing)}", **where)
+    return _construct(cls, kwargs, where, missing="missing required key"), where
+
+
+def _construct(cls: type[Any], kwargs: Mapping[str, Any], where: dict[str, Any], *, missing: str) -> Any:
+    """``cls(**kwargs)``, refusing absent required fields (``missing`` starts the message) and
+    locating a refusal of the constructor at ``where``; shared by the TOML and Keras readers."""
+    absent = [f"`{f.name}`" for f in dataclasses.fields(cls) if _required(f) and f.name not in kwargs]
+    if absent:
+        raise ConfigError(f"{missing} {', '.join(absent)}", **where)
     try:
-        return cls(**kwargs), where
+        return cls(**kwargs)
     except JaxcnnError as error:
         raise error.located(**where) from None
 

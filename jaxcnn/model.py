@@ -90,11 +90,7 @@ class Sequential(Model):
         """The same layers on another input shape (``jaxcnn summary --input-shape``)."""
         return Sequential(self._layers, name=self._name, input_shape=tuple(input_shape))
 
-    # ---- accessors ----------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self._name
-
+    # ---- accessors (``name`` is Model's) ---------------------------------------------------
     @property
     def layers(self) -> tuple[Layer, ...]:
         """The layer specs, each with its name set (``input_shape`` lives on the model)."""

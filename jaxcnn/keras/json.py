@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from jaxcnn.config import _DEFAULT_MODEL_NAME, _is_int, _parse_json, _planned, _required
+from jaxcnn.config import _DEFAULT_MODEL_NAME, _construct, _is_int, _parse_json, _planned
 from jaxcnn.errors import ConfigError, JaxcnnError, UnsupportedError, describe_value
 from jaxcnn.layers import LAYER_TYPES, Layer
 from jaxcnn.layers.initializers import Initializer, initializer_spec
@@ -252,14 +252,7 @@ def keras_layer(layer_class: str, conf: Mapping[str, Any],
             f"{', '.join(LAYER_TYPES)}", **where)
     cls = LAYER_TYPES[canonical]
     kwargs, _, axis = _keras_arguments(cls, conf, where)
-    missing = [f"`{f.name}`" for f in dataclasses.fields(cls)
-               if _required(f) and f.name not in kwargs]
-    if missing:
-        raise ConfigError(f"missing argument {', '.join(missing)}", **where)
-    try:
-        return cls(**kwargs), axis
-    except JaxcnnError as error:
-        raise error.located(**where) from None
+    return _construct(cls, kwargs, where, missing="missing argument"), axis
 
 
 def _check_entry(entry: Mapping[str, Any], where: dict[str, Any]) -> None:
