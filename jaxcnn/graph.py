@@ -177,6 +177,38 @@ class Tensor:
     def __repr__(self) -> str:
         return f"<Tensor shape={self.shape} from {self.layer.type}>"
 
+    # ``x + 3.0``, ``x * y``, ``3.0 - x``: as on a Keras tensor, an Add, Multiply or Subtract node (with
+    # ``constant`` for a number), named as Keras names them (``add``, ``add_1``, ...).
+    def _operation(self, kind: str, other: Any, *, reflected: bool = False) -> Tensor:
+        from jaxcnn import layers
+
+        cls = getattr(layers, kind)
+        if isinstance(other, (Tensor, InputSpec)):
+            pair = [other, self] if reflected else [self, other]
+            return call_layer(cls(), pair)
+        if isinstance(other, bool) or not isinstance(other, (int, float)):
+            return NotImplemented
+        extra = {"constant_first": True} if reflected and kind == "Subtract" else {}
+        return call_layer(cls(constant=float(other), **extra), self)
+
+    def __add__(self, other: Any) -> Tensor:
+        return self._operation("Add", other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return self._operation("Add", other, reflected=True)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return self._operation("Subtract", other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return self._operation("Subtract", other, reflected=True)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return self._operation("Multiply", other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return self._operation("Multiply", other, reflected=True)
+
 
 def Input(shape: Sequence[int], name: str | None = None) -> Tensor:
     """``jaxcnn.Input(shape)``: a model input, as ``keras.Input`` (``shape`` without the batch axis)."""

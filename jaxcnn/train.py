@@ -268,7 +268,7 @@ class CompiledModel:
     def _init_from_key(self, base: jax.Array) -> TrainState:
         images = jnp.zeros((1, *self.model.input_shape), jnp.float32)
         variables = self.module.init({"params": jax.random.fold_in(base, 0)}, images)
-        params = variables["params"]
+        params = variables.get("params", {})  # a model without parameters has none
         batch_stats = variables.get("batch_stats", {})
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,

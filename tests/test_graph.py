@@ -223,6 +223,41 @@ def test_the_merging_layers_compute_what_keras_computes():
     assert Add().output_shape(((2, 2, 2), (2,))) == (2, 2, 2)
 
 
+def test_arithmetic_with_a_number_is_an_operation_node_as_in_keras(tmp_path):
+    # Keras 3: `ReLU(6.0)(y + 3.0) * (1 / 6)` makes the nodes `add (Add)`, `re_lu (ReLU)`,
+    # `multiply (Multiply)` (MobileNetV3's hard sigmoid; tests/data/keras_applications/MobileNetV3Small
+    # holds Keras's rows: {'name': 'add', 'class': 'Add', 'output_shape': [None, 1, 1, 16], 'params': 0}).
+    from jaxcnn.layers import ReLU
+
+    x = jaxcnn.Input((4, 4, 3))
+    y = Conv2D(2, 1)(x)
+    gate = ReLU(6.0)(y + 3.0) * (1 / 6)
+    out = Add()([1.0 - gate, y * gate])
+    model = jaxcnn.Model(inputs=x, outputs=out)
+    assert [(p.name, p.type, p.output_shape) for p in model.plan()] == [
+        ("conv2d", "Conv2D", (4, 4, 2)), ("add", "Add", (4, 4, 2)), ("re_lu", "ReLU", (4, 4, 2)),
+        ("multiply", "Multiply", (4, 4, 2)), ("subtract", "Subtract", (4, 4, 2)),
+        ("multiply_1", "Multiply", (4, 4, 2)), ("add_1", "Add", (4, 4, 2))]
+    assert "add (Add)" in model.summary(print_fn=None)
+    compiled = compile(model)
+    state = compiled.init(0)
+    images = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    conv = images @ np.asarray(state.params["conv2d"]["kernel"])[0, 0] + np.asarray(state.params["conv2d"]["bias"])
+    hard_sigmoid = np.clip(conv + 3.0, 0.0, 6.0) / 6
+    np.testing.assert_allclose(np.asarray(compiled.predict(state, images)),
+                               (1.0 - hard_sigmoid) + conv * hard_sigmoid, rtol=1e-5, atol=1e-6)
+    text = model.to_toml()
+    assert "constant = 3.0" in text and "constant_first = true" in text
+    (tmp_path / "m.toml").write_text(text)
+    assert load(str(tmp_path / "m.toml")) == model
+    with pytest.raises(JaxcnnError, match=r"layer 0 'm' \(Add\): .*takes one tensor|layer 'm' \(Add\)"):
+        _graph([IN, Node("m", Add(constant=3.0), ("in", "in"))])
+    with pytest.raises(JaxcnnError, match=r"`constant` \(='3'\) must be a number"):
+        Add(constant="3")
+    with pytest.raises(JaxcnnError, match=r"`constant_first` \(=True\) needs a `constant`"):
+        Subtract(constant_first=True)
+
+
 def _graph(nodes, inputs=("in",), outputs=None, **kwargs) -> Model:
     return Model.from_nodes(nodes, inputs=list(inputs), outputs=list(outputs or [nodes[-1].name]), **kwargs)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxcnn
@@ -227,8 +228,9 @@ def test_sequential_nesting_a_functional_base_is_a_graph():
     assert [(layer.name, layer.type) for layer in model.layers] == [("base", "Functional"), ("flat", "Flatten")]
 
 
-def test_operation_on_a_number_is_a_rescaling():
-    # MobileNetV3's hard sigmoid: ReLU(6)(x + 3.0) * (1 / 6), written as keras.src.ops.numpy calls.
+def test_an_operation_on_a_number_is_the_layer_keras_names_with_a_constant():
+    # MobileNetV3's hard sigmoid: ReLU(6)(x + 3.0) * (1 / 6), written as keras.src.ops.numpy calls, which
+    # Keras's summary prints as `add (Add)`, `multiply (Multiply)` (tests/data/keras_applications).
     def op(class_name, name, tensor, number, first=False):
         entry = k3(class_name, name, tensor, module="keras.src.ops.numpy")
         args = entry["inbound_nodes"][0]["args"]
@@ -236,18 +238,26 @@ def test_operation_on_a_number_is_a_rescaling():
         return entry
 
     doc = k3_model([k3_input(), op("Add", "add", "img", 3.0), op("Multiply", "mul", "add", 1 / 6),
-                    op("Subtract", "sub", "mul", 1.0, first=True), op("Divide", "div", "sub", 4)],
+                    op("Subtract", "sub", "mul", 1.0, first=True), op("Subtract", "sub2", "sub", 0.5),
+                    op("Divide", "div", "sub2", 4)],
                    [["img", 0, 0]], [["div", 0, 0]])
     read = []
     graph = keras_graph(doc, layer=lambda cls, conf, where: (read.append((cls, conf)) or cls, None))
     assert structure(graph) == [("img", ()), ("add", ("img",)), ("mul", ("add",)), ("sub", ("mul",)),
-                                ("div", ("sub",))]
-    assert [node.layer for node in graph.nodes[1:]] == ["Rescaling"] * 4
-    assert [conf for cls, conf in read if cls == "Rescaling"] == [
-        {"name": "add", "scale": 1.0, "offset": 3.0}, {"name": "mul", "scale": 1 / 6, "offset": 0.0},
-        {"name": "sub", "scale": -1.0, "offset": 1.0}, {"name": "div", "scale": 0.25, "offset": 0.0}]
-    doc["config"]["layers"][4]["inbound_nodes"][0]["args"].reverse()  # 4 / x
-    with pytest.raises(UnsupportedError, match=r"^g\.json: layer 3 'div' \(Divide\): the call arguments "
+                                ("sub2", ("sub",)), ("div", ("sub2",))]
+    assert [(cls, conf) for cls, conf in read if len(conf) > 1] == [("Add", {"name": "add", "constant": 3.0}), ("Multiply", {"name": "mul", "constant": 1 / 6}),
+                    ("Subtract", {"name": "sub", "constant": 1.0, "constant_first": True}),
+                    ("Subtract", {"name": "sub2", "constant": 0.5, "constant_first": False}),
+                    ("Rescaling", {"name": "div", "scale": 0.25})]
+    model = jaxcnn.from_keras_json(json.dumps(doc))
+    assert [(p.type, p.name) for p in model.plan()] == [
+        ("Add", "add"), ("Multiply", "mul"), ("Subtract", "sub"), ("Subtract", "sub2"), ("Rescaling", "div")]
+    x = np.linspace(-4.0, 4.0, 8 * 8 * 3, dtype=np.float32).reshape(1, 8, 8, 3)
+    compiled = jaxcnn.compile(model)
+    np.testing.assert_allclose(np.asarray(compiled.predict(compiled.init(0), x)),
+                               ((1.0 - (x + 3.0) / 6) - 0.5) / 4, rtol=1e-6, atol=1e-6)
+    doc["config"]["layers"][5]["inbound_nodes"][0]["args"].reverse()  # 4 / x
+    with pytest.raises(UnsupportedError, match=r"^g\.json: layer 4 'div' \(Divide\): the call arguments "
                        r"\[4\] are not supported: jaxcnn reads a number only in an operation"):
         keras_graph(doc, layer=reader, source="g.json")
 
@@ -408,11 +418,6 @@ def test_application_parses_into_the_nodes_keras_reports(path):
         assert len(graph.inputs) == len(graph.outputs) == 1
 
 
-# MobileNetV3 writes `x + 3.0` and `x * (1/6)` (hard_sigmoid) as Keras operations on a number; they are
-# read as Rescaling nodes (jaxcnn.keras.functional), whose figures equal Keras's but whose class is not.
-NUMBER_OPERATIONS = {"Add", "Multiply"}
-
-
 @pytest.mark.parametrize("path", APPLICATION_FILES, ids=lambda p: p.name.removesuffix(".json.gz"))
 def test_application_reproduces_keras_figures_and_is_proved(path):
     """Every layer's name, class, output shape and params as Keras 3 printed them for the
@@ -425,8 +430,8 @@ def test_application_reproduces_keras_figures_and_is_proved(path):
     assert sorted(plan) == sorted(row["name"] for row in rows)
     for row in rows:
         p = plan[row["name"]]
-        cls = "Rescaling" if p.type == "Rescaling" and row["class"] in NUMBER_OPERATIONS else row["class"]
-        assert (p.type, [None, *p.output_shape], p.params) == (cls, row["output_shape"], row["params"]), row["name"]
+        assert (p.type, [None, *p.output_shape], p.params) == (row["class"], row["output_shape"], row["params"]), \
+            row["name"]
     assert (model.count_params(), model.trainable_params(), model.non_trainable_params()) == (
         build["total"], build["trainable"], build["non_trainable"])
     model.check()

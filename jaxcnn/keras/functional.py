@@ -22,7 +22,8 @@ links the nested model's own input to its output; tf.keras 2 leaves it out for a
 was never built, whose node 1 is then read as its first call too).
 
 A Keras 3 operation on one tensor and one number (``x + 3.0``, ``x * (1 / 6)``: MobileNetV3's hard
-sigmoid, written as ``keras.src.ops.numpy.Add``/``Multiply``) is a ``Rescaling(scale, offset)`` node.
+sigmoid, written as ``keras.src.ops.numpy.Add``/``Multiply``) is an ``Add``/``Multiply``/``Subtract``
+node with ``constant`` (``x / c``: a ``Rescaling``).
 
 A nested model (a ``Sequential``, ``Functional`` or ``Model`` entry among the layers) is a node whose
 layer is a :class:`KerasGraph`, read recursively; its layers are located in errors as
@@ -127,7 +128,10 @@ def graph_model(graph: KerasGraph, *, source: str = "<keras json>") -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _Layer:
-    """A functional model's layer entry as read: its spec, its inbound nodes, where it is."""
+    """A functional model's layer entry as read: its spec, its inbound nodes, where it is. A Keras 3
+    operation (``module`` ``keras.src.ops.*``) is read at each call instead (``layer`` is ``None``,
+    ``conf`` its config): on a number it is a layer with a ``constant``, on tensors the layer of its
+    class."""
 
     name: str
     class_name: str
@@ -136,6 +140,7 @@ class _Layer:
     inbound: list[Any]
     where: dict[str, Any]
     axis: int | None
+    conf: Any = None
 
     @property
     def node_count(self) -> int:
@@ -233,10 +238,12 @@ class _Reader:
                 spec: Any = Input(_keras_input_layer(conf, where), name=layer_name)
             elif layer_class in MODEL_CLASSES:
                 spec = self.nested(layer_class, conf, prefix)
+            elif _is_operation(entry.get("module")):
+                spec = None
             else:
                 spec, axis = self.read_layer(layer_class, conf, where)
             layers[layer_name] = _Layer(layer_name, layer_class, entry.get("module"), spec, inbound,
-                                        where, axis)
+                                        where, axis, conf)
             if layer_class != "InputLayer":
                 index += 1
         if not layers:
@@ -256,7 +263,12 @@ class _Reader:
                 refs, constants = _references(node_data, layer.where)
                 inputs = tuple(self.resolve(ref, layers, layer.where, legacy=isinstance(node_data, list))
                                for ref in refs)
-                spec = self.constant_operation(layer, constants) if constants else layer.layer
+                if constants:
+                    spec = self.constant_operation(layer, constants)
+                elif layer.layer is None:
+                    spec = self.read_layer(layer.class_name, layer.conf, layer.where)[0]
+                else:
+                    spec = layer.layer
                 nodes.append(KerasNode(node_name, spec, inputs))
                 if layer.axis is not None:
                     axis_checks.append((node_name, layer.axis))
@@ -271,27 +283,27 @@ class _Reader:
                           tuple(axis_checks))
 
     def constant_operation(self, layer: _Layer, constants: list[tuple[int, Any]]) -> Any:
-        """The ``Rescaling(scale, offset)`` spec of a Keras 3 operation on one tensor and one number:
-        ``x + c``, ``x * c``, ``x - c``, ``c - x``, ``x / c`` (MobileNetV3's hard sigmoid writes
-        ``keras.src.ops.numpy.Add`` with ``args: [x, 3.0]``)."""
+        """The spec of a Keras 3 operation on one tensor and one number: ``x + c``, ``x * c``,
+        ``x - c`` and ``c - x`` are ``Add``/``Multiply``/``Subtract(constant=c)``, as Keras names
+        them in its summary (MobileNetV3's hard sigmoid writes ``keras.src.ops.numpy.Add`` with
+        ``args: [x, 3.0]``); ``x / c`` is ``Rescaling(1 / c)``."""
         position, c = constants[0] if len(constants) == 1 else (None, None)
-        scale_offset = None
-        if c is not None and (layer.module or "").startswith("keras.src.ops."):
-            scale_offset = {
-                "Add": (1.0, c),
-                "Multiply": (c, 0.0),
-                "Subtract": (1.0, -c) if position == 1 else (-1.0, c),
-                "Divide": (1.0 / c, 0.0) if position == 1 and c else None,
-                "TrueDivide": (1.0 / c, 0.0) if position == 1 and c else None,
+        operation: tuple[str, dict[str, Any]] | None = None
+        if c is not None and _is_operation(layer.module):
+            operation = {
+                "Add": ("Add", {"constant": c}),
+                "Multiply": ("Multiply", {"constant": c}),
+                "Subtract": ("Subtract", {"constant": c, "constant_first": position == 0}),
+                "Divide": ("Rescaling", {"scale": 1.0 / c}) if position == 1 and c else None,
+                "TrueDivide": ("Rescaling", {"scale": 1.0 / c}) if position == 1 and c else None,
             }.get(layer.class_name)
-        if scale_offset is None:
+        if operation is None:
             raise UnsupportedError(
                 f"the call arguments {_js([value for _, value in constants])} are not supported: "
                 "jaxcnn reads a number only in an operation x + c, x * c, x - c, c - x or x / c",
                 **layer.where)
-        scale, offset = scale_offset
-        return self.read_layer("Rescaling", {"name": layer.name, "scale": scale, "offset": offset},
-                               layer.where)[0]
+        class_name, arguments = operation
+        return self.read_layer(class_name, {"name": layer.name, **arguments}, layer.where)[0]
 
     def resolve(self, ref: Sequence[Any], layers: Mapping[str, _Layer], where: dict[str, Any], *,
                 legacy: bool, endpoint: bool = False) -> str:
@@ -366,6 +378,11 @@ def _references(node_data: Any,
     if not refs:
         raise ConfigError("an inbound node without input tensors", **where)
     return refs, constants
+
+
+def _is_operation(module: Any) -> bool:
+    """Whether a layer entry's ``module`` is Keras 3's operations (``keras.src.ops.numpy``)."""
+    return isinstance(module, str) and module.startswith("keras.src.ops.")
 
 
 def _is_number(value: Any) -> bool:

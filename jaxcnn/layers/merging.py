@@ -10,6 +10,12 @@ aligned on their last axes; on each aligned axis the sizes must be equal or one 
 the other is taken), so ``(None, 1, 1, C)`` times ``(None, H, W, C)`` is ``(None, H, W, C)``, as
 squeeze-and-excitation blocks multiply. An input of lower rank is expanded after the batch axis
 (``expand_dims(x, 1)``) until the ranks agree, as Keras's ``Merge.call`` does.
+
+``Add``, ``Subtract`` and ``Multiply`` with ``constant=c`` take one input and a number: they are
+Keras 3's operations on a tensor and a number (``x + 3.0``, ``x * (1 / 6)``, ``3.0 - x`` in a
+functional model, which Keras writes into its JSON as ``keras.src.ops.numpy.Add`` with
+``args: [x, 3.0]`` and prints in its summary as ``Add``, as MobileNetV3's hard sigmoid does). In
+the functional idiom, ``x + 3.0`` on a :class:`jaxcnn.graph.Tensor` makes such a node.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
-from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _fmt_shape, _is_int
+from jaxcnn.layers.base import Formula, Layer, ParamShapes, Shape, _fail, _fmt_shape, _is_int
 
 __all__ = ["Add", "Average", "Concatenate", "Maximum", "Minimum", "Multiply", "Subtract"]
 
@@ -95,30 +101,98 @@ class _Merge(Layer):
         raise NotImplementedError
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Arithmetic(_Merge):
+    """A merging layer that may instead take one input and a number, ``constant`` (see the module
+    docstring); ``constant=None`` is Keras's merging layer."""
+
+    constant: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = self.constant
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or c != c):
+            raise _fail(self.type, "constant", c, "must be a number (or None for a merge of tensors)")
+
+    @property
+    def num_inputs(self) -> int | None:  # type: ignore[override]
+        return None if self.constant is None else 1
+
+    def _apply(self, x: Any, c: Any) -> Any:
+        """The operation on the tensor ``x`` and the number ``c``."""
+        raise NotImplementedError
+
+    def _text(self, shape: str) -> str:
+        raise NotImplementedError
+
+    def output_shape(self, input_shapes: Any) -> Shape:  # type: ignore[override]
+        if self.constant is None:
+            return super().output_shape(input_shapes)
+        return tuple(input_shapes)
+
+    def formula(self, input_shapes: Any) -> Formula:  # type: ignore[override]
+        if self.constant is None:
+            return super().formula(input_shapes)
+        return Formula(output=f"{self._text(_fmt_shape(tuple(input_shapes)))}: element-wise, "
+                              f"{_fmt_shape(tuple(input_shapes))}", params="0")
+
+    def forward(self, module: Any, x: Any, *, train: bool) -> jax.Array:  # type: ignore[override]
+        if self.constant is None:
+            return super().forward(module, x, train=train)
+        return self._apply(x, jnp.asarray(self.constant, x.dtype))
+
+
 @dataclasses.dataclass(frozen=True)
-class Add(_Merge):
-    """``Add()``: the element-wise sum of its inputs."""
+class Add(_Arithmetic):
+    """``Add()``: the element-wise sum of its inputs; ``Add(constant=c)``: ``x + c``."""
 
     def _merge(self, arrays: list[jax.Array]) -> jax.Array:
         return functools.reduce(jnp.add, arrays)
 
+    def _apply(self, x: Any, c: Any) -> Any:
+        return x + c
 
-@dataclasses.dataclass(frozen=True)
-class Subtract(_Merge):
-    """``Subtract()``: the first input minus the second (exactly two inputs)."""
+    def _text(self, shape: str) -> str:
+        return f"{shape} + {self.constant}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Subtract(_Arithmetic):
+    """``Subtract()``: the first input minus the second (exactly two inputs); ``Subtract(constant=c)``:
+    ``x - c``, or ``c - x`` with ``constant_first=True``."""
 
     max_inputs: ClassVar[int | None] = 2
+    constant_first: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.constant_first, bool):
+            raise _fail(self.type, "constant_first", self.constant_first, "must be true or false")
+        if self.constant_first and self.constant is None:
+            raise _fail(self.type, "constant_first", self.constant_first, "needs a `constant`")
 
     def _merge(self, arrays: list[jax.Array]) -> jax.Array:
         return arrays[0] - arrays[1]
 
+    def _apply(self, x: Any, c: Any) -> Any:
+        return c - x if self.constant_first else x - c
+
+    def _text(self, shape: str) -> str:
+        return f"{self.constant} - {shape}" if self.constant_first else f"{shape} - {self.constant}"
+
 
 @dataclasses.dataclass(frozen=True)
-class Multiply(_Merge):
-    """``Multiply()``: the element-wise product of its inputs."""
+class Multiply(_Arithmetic):
+    """``Multiply()``: the element-wise product of its inputs; ``Multiply(constant=c)``: ``x * c``."""
 
     def _merge(self, arrays: list[jax.Array]) -> jax.Array:
         return functools.reduce(jnp.multiply, arrays)
+
+    def _apply(self, x: Any, c: Any) -> Any:
+        return x * c
+
+    def _text(self, shape: str) -> str:
+        return f"{shape} * {self.constant}"
 
 
 @dataclasses.dataclass(frozen=True)
