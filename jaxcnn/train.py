@@ -166,7 +166,9 @@ class CompiledModel:
             return {"train_step": jax.jit(self._train_step, donate_argnums=0),
                     "train_steps": jax.jit(self._train_steps, donate_argnums=0),
                     "eval_step": jax.jit(self._eval_step), "predict": jax.jit(self._predict),
-                    "_init": self._init_from_key}
+                    # One program: eagerly, each initializer's ops compiled one by one (334 compiles, 14 s
+                    # for MobileNetV2 at 32x32, against 6 s jitted); the values are the same bits.
+                    "_init": jax.jit(self._init_from_key)}
         # Explicit shardings (jaxcnn.parallel): the state per its layout, batches split over "data",
         # metrics replicated. XLA's SPMD partitioner adds the collectives.
         layout = self.layout

@@ -21,6 +21,7 @@ prod(shape[:-2])``, and ``shape[0]`` for both of a 1-D weight.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -173,8 +174,23 @@ def spec_name(spec: str | Initializer) -> str:
     return spec if isinstance(spec, str) else spec.name
 
 
+@functools.cache
 def initializer_fn(spec: str | Initializer) -> Callable[..., Any]:
-    """The function ``(key, shape, dtype) -> array`` of a canonical initializer."""
+    """The function ``(key, shape, dtype) -> array`` of a canonical initializer, one per spec.
+
+    It is jitted with the shape and dtype static, so that a trace (a proof's ``jax.eval_shape``, a
+    jitted ``init``) traces each initializer once per shape and takes the cached jaxpr for every
+    other weight of that shape: EfficientNetB7's proof traced 1,422 initializer calls, a third of its
+    time. The values are the same bits as the plain function's."""
+    jitted = jax.jit(_function(spec), static_argnums=(1, 2))
+
+    def init(key: jax.Array, shape: Shape, dtype: Any = jnp.float32) -> jax.Array:
+        return jitted(key, tuple(shape), jnp.dtype(dtype))
+
+    return init
+
+
+def _function(spec: str | Initializer) -> Callable[..., Any]:
     if isinstance(spec, str):
         return INITIALIZERS[spec]
     p = spec.params()
