@@ -46,7 +46,7 @@ def _extension() -> Extension:
         "jaxcnn._onednn_ffi",
         sources=sorted(str(p.relative_to(HERE)) for p in CSRC.glob("*.cc")),
         include_dirs=["csrc", "csrc/third_party"],
-        extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-w"],
+        extra_compile_args=["-std=c++17", "-O3", "-g0", "-fvisibility=hidden", "-w"],
         language="c++",
     )
 
