@@ -39,9 +39,12 @@ _RUNTIME_WHEEL = "onednn-cpu-gomp"
 _LIBRARY = "libdnnl.so.3"
 _TARGETS = ("conv_fwd", "conv_bwd_data", "conv_bwd_weights",
             "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd")
-# Weights in the layout oneDNN picks (format_tag::any, reordered from HWIO each call) rather than
-# HWIO as given: measured faster at the seed CIFAR CNN's shapes (experiments/bench_onednn_kernels.py).
-_BLOCKED_WEIGHTS = True
+# Per convolution handler: weights in the layout oneDNN picks (format_tag::any, reordered from HWIO on
+# each call) rather than HWIO as given. Measured at the seed CIFAR CNN's shapes
+# (experiments/bench_onednn_kernels.py): with HWIO the backward primitives fall back to kernels 5-30x
+# slower; the forward runs oneDNN's brgconv on HWIO as fast as on its own layout and skips the reorder.
+# bfloat16 always takes oneDNN's layout, the weights being converted anyway.
+_BLOCKED_WEIGHTS = {"conv_fwd": False, "conv_bwd_data": True, "conv_bwd_weights": True}
 
 
 class _Loaded(NamedTuple):
@@ -188,10 +191,11 @@ class _Conv(NamedTuple):
     groups: int
     bf16: bool
 
-    def attrs(self) -> dict[str, Any]:
+    def attrs(self, target: str) -> dict[str, Any]:
+        """The FFI attributes of handler ``jaxcnn_onednn_<target>``."""
         return {"strides": np.array(self.strides, np.int64), "padding": np.array(self.padding, np.int64),
                 "dilation": np.array(self.dilation, np.int64), "groups": self.groups, "bf16": self.bf16,
-                "blocked": _BLOCKED_WEIGHTS}
+                "blocked": self.bf16 or _BLOCKED_WEIGHTS[target]}
 
     def out_shape(self, x: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[int, int, int, int]:
         (kh, kw), (dh, dw) = kernel[:2], self.dilation
@@ -205,13 +209,13 @@ def _fwd_call(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, cfg: _Con
     out = jax.ShapeDtypeStruct(cfg.out_shape(x.shape, kernel.shape), jnp.float32)
     b = jnp.zeros((0,), jnp.float32) if bias is None else bias
     return jax.ffi.ffi_call("jaxcnn_onednn_conv_fwd", out)(x, kernel, b, bias=bias is not None, relu=relu,
-                                                           **cfg.attrs())
+                                                           **cfg.attrs("conv_fwd"))
 
 
 def _bwd_data_call(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], cfg: _Conv) -> jax.Array:
     """dy (N, OH, OW, F) and the kernel -> dx of shape ``x_shape`` (N, H, W, C)."""
     out = jax.ShapeDtypeStruct(x_shape, jnp.float32)
-    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_data", out)(dy, kernel, **cfg.attrs())
+    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_data", out)(dy, kernel, **cfg.attrs("conv_bwd_data"))
 
 
 def _bwd_weights_call(x: jax.Array, dy: jax.Array, k_shape: tuple[int, ...], bias: bool,
@@ -219,7 +223,7 @@ def _bwd_weights_call(x: jax.Array, dy: jax.Array, k_shape: tuple[int, ...], bia
     """x and dy -> the kernel's gradient (``k_shape``) and the bias's ((F,), or (0,) without bias)."""
     outs = (jax.ShapeDtypeStruct(k_shape, jnp.float32),
             jax.ShapeDtypeStruct((k_shape[3] if bias else 0,), jnp.float32))
-    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_weights", outs)(x, dy, bias=bias, **cfg.attrs())
+    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_weights", outs)(x, dy, bias=bias, **cfg.attrs("conv_bwd_weights"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
