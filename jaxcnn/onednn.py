@@ -108,7 +108,7 @@ def _load() -> _Loaded | str:
         v = lib.jaxcnn_onednn_version()
         return _Loaded(lib, f"{v // 10000}.{v // 100 % 100}.{v % 100}", lib.jaxcnn_onednn_isa().decode(),
                        bool(lib.jaxcnn_onednn_has_bf16()))
-    except (OSError, AttributeError, ValueError, FileNotFoundError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever fails, jaxcnn works without the extension
         return " ".join(str(e).split()) or type(e).__name__
 
 

@@ -318,6 +318,18 @@ def test_info_reports_the_loaded_onednn():
     assert info["isa"].startswith(("avx", "sse"))
 
 
+@needs_onednn
+@pytest.mark.slow
+def test_loading_and_registering_start_no_jax_backend():
+    """available() loads the library and registers the FFI targets without starting a JAX backend, so
+    importing or asking never fixes the platform before the caller's settings are read."""
+    code = ("import jaxcnn.onednn as o\n"
+            "from jax._src import xla_bridge\n"  # no public query of whether a backend has started
+            "print(o.available(), len(xla_bridge._backends))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "0"]
+
+
 _UNAVAILABLE = textwrap.dedent("""
     import jaxcnn, jaxcnn.onednn as onednn
     assert "libdnnl" not in open("/proc/self/maps").read(), "loaded at import"
