@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.metadata
-import importlib.util
 import platform
 import sys
 from pathlib import Path
@@ -57,10 +56,8 @@ class _Loaded(NamedTuple):
 # ---- loading -------------------------------------------------------------------------------------
 
 def _extension_path() -> Path | None:
-    """The built extension next to this module (an editable install may map it elsewhere)."""
-    spec = importlib.util.find_spec("jaxcnn._onednn_ffi")
-    if spec is not None and spec.origin and Path(spec.origin).is_file():
-        return Path(spec.origin)
+    """The built extension next to this module: a wheel installs it there, and an editable install
+    builds it in place (setuptools' strict editable mode links it into the same folder)."""
     found = sorted(Path(__file__).parent.glob("_onednn_ffi*.so"))
     return found[0] if found else None
 
