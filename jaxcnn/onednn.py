@@ -44,6 +44,10 @@ _TARGETS = ("conv_fwd", "conv_bwd_data", "conv_bwd_weights",
 # slower; the forward runs oneDNN's brgconv on HWIO as fast as on its own layout and skips the reorder.
 # bfloat16 always takes oneDNN's layout, the weights being converted anyway.
 _BLOCKED_WEIGHTS = {"conv_fwd": False, "conv_bwd_data": True, "conv_bwd_weights": True}
+# bfloat16 weight gradients only from this many input channels per group: below it oneDNN's bfloat16
+# backward weights (jit_bf16, not brgemm) was no faster than float32 (3 channels: 20-37 against 15-19 ms
+# at 128x32x32) and, on the loaded shared machine, stalled for up to 2 s in some calls.
+_BF16_WEIGHT_GRAD_MIN_CHANNELS = 16
 
 
 class _Loaded(NamedTuple):
@@ -220,6 +224,7 @@ def _bwd_weights_call(x: jax.Array, dy: jax.Array, k_shape: tuple[int, ...], bia
     """x and dy -> the kernel's gradient (``k_shape``) and the bias's ((F,), or (0,) without bias)."""
     outs = (jax.ShapeDtypeStruct(k_shape, jnp.float32),
             jax.ShapeDtypeStruct((k_shape[3] if bias else 0,), jnp.float32))
+    cfg = cfg._replace(bf16=cfg.bf16 and k_shape[2] >= _BF16_WEIGHT_GRAD_MIN_CHANNELS)
     return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_weights", outs)(x, dy, bias=bias, **cfg.attrs("conv_bwd_weights"))
 
 

@@ -153,6 +153,24 @@ def test_bfloat16_conv_is_float32_arithmetic_on_bfloat16_rounded_inputs():
     _close(db, jnp.sum(rounded(cotangent), axis=(0, 1, 2)), rtol=1e-5)  # summed from the rounded gradient
 
 
+@needs_onednn
+@needs_bf16
+def test_bfloat16_weight_gradient_of_few_input_channels_stays_float32():
+    """With fewer than 16 input channels per group (an RGB input layer) the kernel's gradient is computed
+    in float32 (oneDNN's bfloat16 kernel there was no faster and stalled under load): it equals lax's
+    float32 gradient of the rounded x to float32 precision, while dx is bfloat16 arithmetic."""
+    x, kernel = _random((4, 10, 10, 3), 0), _random((3, 3, 3, 16), 1)
+    rounded = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+    ours = lambda x, k: onednn.conv(x, k, strides=(1, 1), padding=((1, 1), (1, 1)), compute_dtype=jnp.bfloat16)
+    theirs = lambda x, k: _lax_conv(x, k, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    cotangent = _random((4, 10, 10, 16), 2)
+    _, dk = _grads(ours, (x, kernel), cotangent)
+    _, vjp = jax.vjp(theirs, x, kernel)
+    _close(dk, vjp(cotangent)[1])
+    _, rounded_vjp = jax.vjp(theirs, rounded(x), rounded(kernel))
+    assert np.abs(np.asarray(dk - rounded_vjp(rounded(cotangent))[1])).max() > 1e-4 * np.abs(np.asarray(dk)).max()
+
+
 # (x shape, kernel shape (KH, KW, filters, C), strides, padding, dilation): pads as Keras's
 # Conv2DTranspose gives lax.conv_transpose (jaxcnn/layers/convolutional.py).
 TRANSPOSE_GRID = {
