@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -291,6 +292,23 @@ def test_kernels_work_under_jit_and_agree_with_eager_calls():
     np.testing.assert_array_equal(jitted(x, kernel, bias), net(x, kernel, bias))
     np.testing.assert_array_equal(jitted(x + 1, kernel, bias), net(x + 1, kernel, bias))
     assert len(traces) == 1
+
+
+@needs_onednn
+def test_concurrent_callers_get_the_same_results():
+    """Python threads calling jitted kernels at once (and XLA running independent custom calls at once)
+    share one primitive cache under one lock: every thread's results equal a lone call's."""
+    x, kernel, bias = _random((4, 12, 12, 8), 0), _random((3, 3, 8, 8), 1), _random((8,), 2)
+    cotangent = _random((4, 12, 12, 8), 3)
+    step = jax.jit(jax.grad(lambda x, k, b: jnp.sum(onednn.max_pool(
+        onednn.conv(x, k, b, strides=(1, 1), padding=((1, 1), (1, 1)), activation="relu"),
+        pool=(1, 1), strides=(1, 1), padding=((0, 0), (0, 0))) * cotangent), argnums=(0, 1, 2)))
+    alone = step(x, kernel, bias)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: step(x, kernel, bias), range(16)))
+    for result in results:
+        for got, want in zip(result, alone):
+            np.testing.assert_array_equal(got, want)
 
 
 @needs_onednn
