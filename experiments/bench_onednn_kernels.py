@@ -12,14 +12,21 @@ layout jaxcnn.onednn chooses per primitive ("onednn"), for every primitive in th
 in turn) of the mean of N calls; the ratio is lax's time over the arm's (above 1: the arm is faster).
 glibc malloc is tuned as the `jaxcnn` command tunes it. Times on a shared machine are rough.
 
-Measured (2-core AMD EPYC Zen 4, shared with other work, so rough):
-see the report of issue 13; the lead reruns this on a quiet machine.
+Measured (2-core AMD EPYC Zen 4 while other engineers ran jobs: load average 7-8, so rough; ms per
+forward and backward, lax's time over the arm's in brackets):
+    128x32x32x3->32    lax  63.7   onednn  48.4 (1.32x)  blocked  42.7 (1.49x)  plain  93.5 (0.68x)  bf16 36.5 (1.74x)
+    128x32x32x32->32   lax 117.2   onednn 106.5 (1.10x)  blocked 116.5 (1.01x)  plain 172.5 (0.68x)  bf16 52.1 (2.25x)
+    128x16x16x32->64   lax  57.4   onednn  47.6 (1.21x)  blocked  51.7 (1.11x)  plain  88.1 (0.65x)  bf16 26.8 (2.15x)
+    128x16x16x64->64   lax 110.6   onednn  73.9 (1.50x)  blocked  58.1 (1.90x)  plain  92.9 (1.19x)  bf16 31.8 (3.48x)
+HWIO weights for oneDNN's backward primitives are what makes "plain" slow; the forward is the same
+kernel either way. The figures on a quiet machine are the lead's to take.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import time
@@ -106,7 +113,8 @@ def main() -> None:
         print(f"{row['shape']:>18}: " + "  ".join(
             f"{name} {row[name]:7.2f} ms ({row['lax'] / row[name]:.2f}x)" for name in steps))
     out = pathlib.Path(__file__).parent / "results" / "bench_onednn_kernels.json"
-    write_atomic(out, json.dumps({"info": onednn.info(), "batch": BATCH, "rows": results}, indent=1) + "\n")
+    record = {"info": onednn.info(), "batch": BATCH, "load_average": os.getloadavg(), "rows": results}
+    write_atomic(out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
 
 
