@@ -8,16 +8,17 @@ Each arm is one jitted function computing the gradients with respect to x, the k
 sum(relu(conv(x, kernel) + bias) * t), batch 128, 3x3 SAME: lax.conv_general_dilated with the bias
 add and ReLU left to XLA's fusions; oneDNN with bias and ReLU fused as post-ops, its weights in the
 layout jaxcnn.onednn chooses per primitive ("onednn"), for every primitive in the layout oneDNN picks
-("blocked", reordered from HWIO on each call) or as HWIO ("plain"); and oneDNN's bfloat16 kernels. The figure is the median over R rounds (visiting the arms
-in turn) of the mean of N calls; the ratio is lax's time over the arm's (above 1: the arm is faster).
+("blocked", reordered from HWIO on each call) or as HWIO ("plain"); and oneDNN's bfloat16 kernels.
+The figure is the median over R rounds (visiting the arms in turn) of the mean of N calls; the ratio is lax's time over the arm's (above 1: the arm is faster).
 glibc malloc is tuned as the `jaxcnn` command tunes it. Times on a shared machine are rough.
 
 Measured (2-core AMD EPYC Zen 4 while other engineers ran jobs: load average 7-8, so rough; ms per
 forward and backward, lax's time over the arm's in brackets):
-    128x32x32x3->32    lax  63.7   onednn  48.4 (1.32x)  blocked  42.7 (1.49x)  plain  93.5 (0.68x)  bf16 36.5 (1.74x)
-    128x32x32x32->32   lax 117.2   onednn 106.5 (1.10x)  blocked 116.5 (1.01x)  plain 172.5 (0.68x)  bf16 52.1 (2.25x)
-    128x16x16x32->64   lax  57.4   onednn  47.6 (1.21x)  blocked  51.7 (1.11x)  plain  88.1 (0.65x)  bf16 26.8 (2.15x)
-    128x16x16x64->64   lax 110.6   onednn  73.9 (1.50x)  blocked  58.1 (1.90x)  plain  92.9 (1.19x)  bf16 31.8 (3.48x)
+                      lax    onednn         blocked        plain          bf16
+    128x32x32x3->32   63.7   48.4 (1.32x)   42.7 (1.49x)   93.5 (0.68x)  36.5 (1.74x)
+    128x32x32x32->32 117.2  106.5 (1.10x)  116.5 (1.01x)  172.5 (0.68x)  52.1 (2.25x)
+    128x16x16x32->64  57.4   47.6 (1.21x)   51.7 (1.11x)   88.1 (0.65x)  26.8 (2.15x)
+    128x16x16x64->64 110.6   73.9 (1.50x)   58.1 (1.90x)   92.9 (1.19x)  31.8 (3.48x)
 HWIO weights for oneDNN's backward primitives are what makes "plain" slow; the forward is the same
 kernel either way. The figures on a quiet machine are the lead's to take.
 """
@@ -35,13 +36,13 @@ from jaxcnn.host import tune_malloc
 
 tune_malloc()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from jaxcnn import onednn  # noqa: E402
-from jaxcnn.files import write_atomic  # noqa: E402
+from jaxcnn import onednn
+from jaxcnn.files import write_atomic
 
 SHAPES = [  # (height, width, in channels, filters) of the seed CIFAR CNN's convolutions
     (32, 32, 3, 32),

@@ -275,10 +275,12 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, stri
         raise LayerArgumentError(f"`activation` (={activation!r}) must be None or 'relu' for the oneDNN kernels")
     if not isinstance(groups, int) or groups < 1 or x.shape[3] != kernel.shape[2] * groups \
             or kernel.shape[3] % groups:
-        raise ImpossibleShapeError(f"x {tuple(x.shape)} and kernel {tuple(kernel.shape)} do not make a convolution "
-                                   f"with groups={groups}: the kernel must be (KH, KW, C/groups, F), F divisible by groups")
+        raise ImpossibleShapeError(f"x {tuple(x.shape)} and kernel {tuple(kernel.shape)} do not make a "
+                                   f"convolution with groups={groups}: the kernel must be (KH, KW, C/groups, F), "
+                                   f"F divisible by groups")
     if bias is not None and bias.shape != (kernel.shape[3],):
-        raise ImpossibleShapeError(f"bias {tuple(bias.shape)} must be ({kernel.shape[3]},) for kernel {tuple(kernel.shape)}")
+        raise ImpossibleShapeError(f"bias {tuple(bias.shape)} must be ({kernel.shape[3]},) "
+                                   f"for kernel {tuple(kernel.shape)}")
     x, pads = _crop_negative(x, _pads(padding))
     cfg = _Conv(_pair("strides", strides, 1), pads, _pair("dilation", dilation, 1), groups, _bf16(compute_dtype))
     if min(cfg.out_shape(x.shape, kernel.shape)[1:3]) < 1:
