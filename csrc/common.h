@@ -9,6 +9,7 @@
 #define JAXCNN_CSRC_COMMON_H_
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -78,6 +79,12 @@ ffi::Error Guarded(const char* what, F&& body) {
 }
 
 ffi::Error Invalid(const char* what, const std::string& message);
+
+// Fills a result with zeros (the gradient of an empty convolution or pooling).
+template <ffi::DataType T>
+void Zero(ffi::Buffer<T>& buffer) {
+  if (buffer.size_bytes() > 0) std::memset(buffer.untyped_data(), 0, buffer.size_bytes());
+}
 
 }  // namespace jaxcnn
 

@@ -194,7 +194,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ff
   if (auto* bad = std::get_if<std::string>(&geom)) return Invalid(what, *bad);
   const Geom& g = std::get<Geom>(geom);
   if (Empty(g)) {
-    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    Zero(*dx);
     return ffi::Error::Success();
   }
   return Guarded(what, [&] {
@@ -252,8 +252,8 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     return Invalid(what, "the bias gradient must be (" + std::to_string(g.f) + ",), got " +
                              Shape(db->dimensions()));
   if (Empty(g)) {
-    std::memset(dk->typed_data(), 0, dk->size_bytes());
-    std::memset(db->typed_data(), 0, db->size_bytes());
+    Zero(*dk);
+    Zero(*db);
     return ffi::Error::Success();
   }
   return Guarded(what, [&] {

@@ -92,6 +92,12 @@ MaxBwd MakeMaxBwd(const std::vector<int64_t>& v) {
           Scratchpad(pd.scratchpad_desc())};
 }
 
+std::optional<std::string> WrongWorkspace(const memory& ws, size_t bytes) {
+  size_t want = ws.get_desc().get_size();
+  if (bytes == want) return std::nullopt;
+  return "the workspace must be " + std::to_string(want) + " bytes, got " + std::to_string(bytes);
+}
+
 size_t WorkspaceBytes(const Geom& g) {
   return g.Empty() ? 0 : g.Forward(algorithm::pooling_max, dnnl::primitive_attr()).workspace_desc().get_size();
 }
@@ -106,10 +112,8 @@ ffi::Error MaxPoolFwdImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y
   if (g.Empty()) return ffi::Error::Success();
   return Guarded(what, [&] {
     auto lock = ExecLock();
-    if (ws->size_bytes() != WorkspaceBytes(g))
-      return Invalid(what, "the workspace must be " + std::to_string(WorkspaceBytes(g)) + " bytes, got " +
-                               std::to_string(ws->size_bytes()));
     MaxFwd& e = Cached<MaxFwd>(Key("max_fwd", g.Values()), MakeMaxFwd, g.Values());
+    if (auto bad = WrongWorkspace(e.ws, ws->size_bytes())) return Invalid(what, *bad);
     e.src.set_data_handle(x.typed_data());
     e.dst.set_data_handle(y->typed_data());
     e.ws.set_data_handle(ws->typed_data());
@@ -128,15 +132,13 @@ ffi::Error MaxPoolBwdImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> ws, ffi
   if (auto* bad = std::get_if<std::string>(&geom)) return Invalid(what, *bad);
   const Geom& g = std::get<Geom>(geom);
   if (g.Empty()) {
-    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    Zero(*dx);
     return ffi::Error::Success();
   }
   return Guarded(what, [&] {
     auto lock = ExecLock();
-    if (ws.size_bytes() != WorkspaceBytes(g))
-      return Invalid(what, "the workspace must be " + std::to_string(WorkspaceBytes(g)) + " bytes, got " +
-                               std::to_string(ws.size_bytes()));
     MaxBwd& e = Cached<MaxBwd>(Key("max_bwd", g.Values()), MakeMaxBwd, g.Values());
+    if (auto bad = WrongWorkspace(e.ws, ws.size_bytes())) return Invalid(what, *bad);
     e.diff_dst.set_data_handle(dy.typed_data());
     e.diff_src.set_data_handle(dx->typed_data());
     e.ws.set_data_handle(ws.typed_data());
@@ -203,7 +205,7 @@ ffi::Error AvgPoolBwdImpl(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> 
   if (auto* bad = std::get_if<std::string>(&geom)) return Invalid(what, *bad);
   const Geom& g = std::get<Geom>(geom);
   if (g.Empty()) {
-    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    Zero(*dx);
     return ffi::Error::Success();
   }
   return Guarded(what, [&] {

@@ -295,6 +295,16 @@ def test_kernels_work_under_jit_and_agree_with_eager_calls():
 
 
 @needs_onednn
+def test_an_empty_batch_has_zero_gradients():
+    x, kernel, bias = jnp.ones((0, 6, 6, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((4,))
+    settings = dict(strides=(1, 1), padding=((1, 1), (1, 1)), activation="relu")
+    dx, dk, db = _grads(lambda x, k, b: onednn.conv(x, k, b, **settings), (x, kernel, bias), jnp.ones((0, 6, 6, 4)))
+    assert dx.shape == (0, 6, 6, 3)
+    np.testing.assert_array_equal(dk, np.zeros((3, 3, 3, 4)))
+    np.testing.assert_array_equal(db, np.zeros(4))
+
+
+@needs_onednn
 def test_concurrent_callers_get_the_same_results():
     """Python threads calling jitted kernels at once (and XLA running independent custom calls at once)
     share one primitive cache under one lock: every thread's results equal a lone call's."""
