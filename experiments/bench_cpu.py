@@ -81,24 +81,32 @@ class Job:
     malloc: bool
 
 
-def _load_model(name: str, lowering: str | None = None) -> Any:
-    """The benchmark's model, with every conv/pool layer that has a ``lowering`` field forced to
-    ``lowering``'s choice (:data:`FORCED`)."""
+def force_lowering(doc: dict[str, Any], lowering: str) -> dict[str, Any]:
+    """The parsed config ``doc`` with every conv and pool layer that has a ``lowering`` field set to
+    ``lowering``'s choice for its kind (:data:`FORCED`; ``None`` there: left automatic)."""
     import jaxcnn.layers
+
+    layers = []
+    for table in doc["layers"]:
+        kind = table.get("type")
+        group = "conv" if kind in CONV_TYPES else "pool" if kind in POOL_TYPES else None
+        value = FORCED[lowering][group] if group else None
+        cls = getattr(jaxcnn.layers, kind, None) if group else None
+        if value is not None and dataclasses.is_dataclass(cls) and "lowering" in {f.name for f in dataclasses.fields(cls)}:
+            table = {**table, "lowering": value}
+        layers.append(table)
+    return {**doc, "layers": layers}
+
+
+def _load_model(name: str, lowering: str | None = None) -> Any:
+    """The benchmark's model, its conv and pool layers forced to ``lowering`` (:func:`force_lowering`)."""
     from jaxcnn.config import from_dict, read_document
 
     setting = MODELS[name]
     path = ROOT / "configs" / setting["config"]
     doc = read_document(path)
     if lowering is not None:
-        for table in doc["layers"]:
-            kind = table.get("type")
-            cls = getattr(jaxcnn.layers, kind, None)
-            group = "conv" if kind in CONV_TYPES else "pool" if kind in POOL_TYPES else None
-            value = FORCED[lowering][group] if group else None
-            fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-            if value is not None and "lowering" in fields:
-                table["lowering"] = value
+        doc = force_lowering(doc, lowering)
     model = from_dict(doc, source=str(path), require_input_shape=True)
     return model.with_input_shape(setting["input"]) if setting["input"] else model
 

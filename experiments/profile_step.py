@@ -1,7 +1,7 @@
 """Where each millisecond of one jitted training step goes, per layer and pass, on XLA's CPU backend.
 
-Run:   python experiments/profile_step.py [--config configs/cifar_cnn.toml] [--batch 128] [--optimizer adam]
-                                          [--steps 10] [--lowering auto|conv|patches|onednn] [--no-fit-loop]
+Run:   python experiments/profile_step.py [--config configs/cifar_cnn.toml] [--input-shape H,W,C] [--batch 128]
+                                          [--optimizer adam|sgd] [--steps 10] [--lowering conv|patches|onednn]
 Writes experiments/results/profile_step_<config>.json and prints the table.
 
 How: the step is traced by ``jax.profiler`` (its Perfetto export), in which XLA's CPU runtime records
@@ -43,7 +43,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxcnn  # noqa: E402
-from jaxcnn import fit  # noqa: E402
+from bench_cpu import force_lowering  # noqa: E402
+from jaxcnn.config import from_dict, read_document  # noqa: E402
 from jaxcnn.losses import Metrics  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -151,15 +152,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--lowering", default=None, help="force a lowering on every conv/pool layer, where the "
-                        "model supports it (Model.with_lowering)")
+    parser.add_argument("--lowering", choices=("conv", "patches", "onednn"),
+                        help="force every conv and pool layer to this lowering (as bench_cpu.py does)")
     args = parser.parse_args()
 
-    model = jaxcnn.load(args.config)
+    doc = read_document(args.config)
+    model = from_dict(force_lowering(doc, args.lowering) if args.lowering else doc, source=args.config,
+                      require_input_shape=True)
     if args.input_shape:
         model = model.with_input_shape(args.input_shape)
-    if args.lowering:
-        model = model.with_lowering(args.lowering)  # noqa: the integration helper's API
     compiled = jaxcnn.compile(model, OPTIMIZERS[args.optimizer], "sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.normal(size=(args.batch, *model.input_shape)).astype(np.float32))
