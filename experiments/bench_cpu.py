@@ -4,6 +4,8 @@ Run:   python experiments/bench_cpu.py [--models cifar_cnn,vgg11_32,vgg16_64,res
            [--arms ...] [--rounds 3] [--steps 10] [--no-inference] [--torch-python /tmp/torchenv/bin/python]
            [--out experiments/results/bench_cpu]
 Quick check that it works: python experiments/bench_cpu.py --rounds 1 --steps 2 --models cifar_cnn --no-inference
+A full run (5 models, 7 arms, 3 rounds, inference) takes about half an hour on the 2-core machine
+when it is quiet; torch.compile's first round compiles for about a minute a model.
 Needs: jaxcnn; PyTorch 2.13 (CPU build) for the peers, in this interpreter or in --torch-python's
 (a venv made with --system-site-packages, so it sees jaxcnn too). Without it the torch arms are skipped.
 Writes <out>.json and <out>.md (the table the README includes).
@@ -305,7 +307,10 @@ def markdown(results: dict[str, Any]) -> str:
     to PyTorch eager (x above 1: faster)."""
     machine = results["machine"]
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores; jax {machine['jax']}, torch {machine['torch']}; "
-             f"{results['rounds']} rounds of {results['steps']} steps, each framework alone in its process.", "",
+             f"{results['rounds']} rounds of {results['steps']} steps, each framework alone in its process "
+             f"(load average {machine['load_average'][0]:.1f} at the start). x PyTorch: PyTorch eager's time over "
+             "the arm's (above 1: faster than PyTorch). First step: compilation included; warm: loaded from "
+             "the persistent compilation cache (jaxcnn) or inductor's cache (torch.compile).", "",
              "| model | arm | train step ms | x PyTorch | first step cold / warm s | batch-1 ms | x PyTorch "
              "| batch-256 images/s | x PyTorch |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -340,7 +345,8 @@ def _machine(torch_python: str | None) -> dict[str, Any]:
         probe = subprocess.run([torch_python, "-c", "import torch; print(torch.__version__)"],
                                capture_output=True, text=True)
         torch_version = probe.stdout.strip() or None
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg(),
+            "platform": platform.platform(), "jax": jax.__version__,
             "torch": torch_version, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

@@ -44,7 +44,8 @@ def test_ratios_are_pytorch_s_time_over_the_arm_s_and_medians_pool_the_rounds():
     assert (mine["first_step_cold_s"], mine["first_step_warm_s"]) == (4.0, 0.3)
     assert mine["infer_b256_images_per_s"] == 4000.0  # 256 images in 64 ms
     assert rows["jaxcnn onednn"] == {"rounds": 0, "note": "onednn unavailable: no compiler"}
-    table = bench_cpu.markdown({"machine": {"cpu": "EPYC", "cores": 2, "jax": "0.10.2", "torch": "2.13.0+cpu"},
+    table = bench_cpu.markdown({"machine": {"cpu": "EPYC", "cores": 2, "jax": "0.10.2", "torch": "2.13.0+cpu",
+                                            "load_average": (0.5, 0.5, 0.5)},
                                 "rounds": 2, "steps": 2, "models": bench_cpu.summarize(raw)})
     assert "| cifar_cnn (batch 128, adam) | jaxcnn | 10.5 | 1.86 | 4.0 / 0.3 | 0.50 | 2.00 | 4,000 | 2.00 |" in table
     assert "| cifar_cnn | jaxcnn onednn | onednn unavailable: no compiler |" in table
