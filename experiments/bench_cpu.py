@@ -21,8 +21,10 @@ figure is the median over all rounds' timed calls; ratios are against PyTorch ea
 
 Arms: ``pytorch`` (eager, channels_last, float32), ``torch.compile`` (inductor; recorded as failed
 where it does not work here), ``jaxcnn`` (the automatic lowering choice), ``jaxcnn conv`` / ``jaxcnn
-patches`` / ``jaxcnn onednn`` (every convolution and pooling layer forced to that lowering where the
-layer takes it: ``conv`` sets pools to ``reduce_window``; ``onednn`` runs only where
+patches`` / ``jaxcnn onednn`` (every convolution layer forced to that lowering where the layer takes
+it, and under ``onednn`` every pooling layer too; ``conv`` and ``patches`` leave the pools' automatic
+choice, since forcing them to ``reduce_window`` made the seed CNN's max-pooling gradient two thirds of
+its step, 79 ms, in experiments/profile_step.py; ``onednn`` runs only where
 ``jaxcnn.onednn.available()``), and ``jaxcnn bfloat16`` (``precision="bfloat16"``). Every worker has
 glibc malloc tuned as the ``jaxcnn`` command tunes it (``--no-malloc-tuning`` to compare), and the
 jaxcnn workers share a persistent compilation cache made fresh for the run (jaxcnn.compile_cache),
@@ -66,7 +68,7 @@ ARMS = (*TORCH_ARMS, *JAX_ARMS)
 REFERENCE = "pytorch"
 CONV_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
 POOL_TYPES = ("MaxPooling2D", "AveragePooling2D")
-FORCED = {"conv": {"conv": "conv", "pool": "reduce_window"}, "patches": {"conv": "patches", "pool": None},
+FORCED = {"conv": {"conv": "conv", "pool": None}, "patches": {"conv": "patches", "pool": None},
           "onednn": {"conv": "onednn", "pool": "onednn"}}
 INFER_BATCH = 256
 

@@ -64,8 +64,8 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 
 
 def parse_hlo(text: str) -> tuple[dict[str, dict], str]:
-    """The optimized HLO module's computations: ``{name: {instruction: (opcode, op_names, calls)}}``
-    and the entry computation's name."""
+    """The optimized HLO module's computations: ``{name: {instruction: (opcode, op_names, calls,
+    operands)}}`` and the entry computation's name."""
     computations: dict[str, dict] = {}
     entry, current = "", None
     for line in text.splitlines():
@@ -84,7 +84,8 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], str]:
             calls = re.findall(r"(?:calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)", line)
             for branches in re.findall(r"branch_computations=\{([^}]*)\}", line):
                 calls += [b.strip().lstrip("%") for b in branches.split(",")]
-            current[match.group(1)] = (match.group(2), ops, calls)
+            args = line[match.end():].split(")", 1)[0]
+            current[match.group(1)] = (match.group(2), ops, calls, re.findall(r"%([\w.\-]+)", args))
     return computations, entry
 
 
@@ -96,7 +97,7 @@ def scheduled(computations: dict[str, dict], entry: str) -> dict[str, str]:
     todo = [entry]
     while todo:
         comp = todo.pop()
-        for name, (opcode, _, calls) in computations.get(comp, {}).items():
+        for name, (opcode, _, calls, _) in computations.get(comp, {}).items():
             if opcode in _CONTROL:
                 todo += calls
             else:
@@ -104,18 +105,26 @@ def scheduled(computations: dict[str, dict], entry: str) -> dict[str, str]:
     return found
 
 
-def op_names(computations: dict[str, dict], name: str, computation: str) -> tuple[str, list[str]]:
-    """An instruction's opcode and the op_names of everything fused or called into it."""
-    opcode, ops, calls = computations[computation][name]
+def op_names(computations: dict[str, dict], name: str, computation: str, depth: int = 0) -> tuple[str, list[str]]:
+    """An instruction's opcode and the op_names of everything fused or called into it (where there
+    are none, those of its operands, else of its users, up to 3 levels away)."""
+    opcode, ops, calls, operands = computations[computation][name]
     ops, todo, seen = list(ops), list(calls), set()
     while todo:
         comp = todo.pop()
         if comp in seen or comp not in computations:
             continue
         seen.add(comp)
-        for _, (_, inner, more) in computations[comp].items():
+        for _, (_, inner, more, _) in computations[comp].items():
             ops += inner
             todo += more
+    if not ops and depth < 3:  # XLA's rewrites (a convolution's gradient as a YNNPACK fusion, a max
+        # pooling's gradient as iotas and reduce-windows) can drop the metadata: take the ops of what
+        # it reads, else of what reads it
+        instructions = computations[computation]
+        for neighbour in [o for o in operands if o in instructions] or [
+                user for user, entry in instructions.items() if name in entry[3]]:
+            ops += op_names(computations, neighbour, computation, depth + 1)[1]
     return opcode, ops
 
 
@@ -138,7 +147,7 @@ def attribute(opcode: str, ops: list[str], layer_types: dict[str, str]) -> tuple
         direction = "backward" if backward else "forward"
         return f"{layer_types[layer]} {direction}", f"{layer} {direction}"
     tails = {op.rsplit("/", 1)[-1] for op in ops}
-    if tails & {"sqrt", "integer_pow", "pow", "rsqrt"}:
+    if any("/cond/branch" in op for op in ops) or tails & {"sqrt", "integer_pow", "pow", "rsqrt"}:
         return "optimizer update", "optimizer"
     if any("jvp(" in op or "transpose(" in op for op in ops):
         return "loss and metrics (forward and backward)", "loss"
@@ -179,7 +188,7 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lowering", choices=("conv", "patches", "onednn"),
-                        help="force every conv and pool layer to this lowering (as bench_cpu.py does)")
+                        help="force the convolutions (and, for onednn, the pools) to this lowering, as bench_cpu.py does")
     args = parser.parse_args()
 
     doc = read_document(args.config)

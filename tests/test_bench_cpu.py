@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import bench_cpu  # noqa: E402
 
 
-@pytest.mark.parametrize(("lowering", "conv", "pool"), [("conv", "conv", "reduce_window"), ("patches", "patches", "auto")])
+@pytest.mark.parametrize(("lowering", "conv", "pool"), [("conv", "conv", "auto"), ("patches", "patches", "auto")])
 def test_a_forced_lowering_reaches_every_conv_and_pool_layer(lowering, conv, pool):
     model = bench_cpu._load_model("cifar_cnn", lowering)
     assert [(layer.type, layer.lowering) for layer in model.layers if hasattr(layer, "lowering")] == [
