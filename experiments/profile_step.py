@@ -17,14 +17,18 @@ is reported.
 The host side of the fit loop is timed too: a step dispatched and its metrics merged into the
 epoch's sums (jaxcnn.fit's loop) without waiting, against the step waited on alone.
 
-What it showed (seed CIFAR CNN, batch 128, Adam, the automatic lowerings of lax.conv/patches before
-issue 13's oneDNN lowering; 2-core EPYC shared with other jobs, load average 4.8, so the milliseconds
-are inflated, about 2x, and the shares are the figures to read): convolutions 81% of the thunks' time
-(forward 58%: the patches' concatenations and ReLU fusions cost as much as the matmuls; backward
-23%), max pooling 9%, Dense 8.5% (the 1024x500 weight gradient the largest part), the Adam update
-1.1%, the non-finite guard 0.6%, the loss and metrics 0.1%. The fit loop's host work is 0.1 ms a step
-(0.06 ms dispatch, 0.03 ms merging the metrics), hidden behind the running step. Before the guard
-became a ``lax.cond`` (jaxcnn.train), 23 copies of the Adam moments cost 1.15 ms a step (1.7%).
+What it showed (seed CIFAR CNN, batch 128, Adam, the automatic lowerings, patches here, before
+issue 13's oneDNN lowering; the 2-core EPYC shared with other jobs, load average 5): a step of
+21.3 ms waited on, whose thunks' times sum to 32.4 ms (XLA runs independent thunks on its two threads
+at once, each slower). Shares of the thunks' time: Conv2D forward 52.5% (the patches' pads,
+concatenations and ReLU-mask fusions cost as much as their matmuls), Conv2D backward 25.6%,
+MaxPooling2D 9.7%, Dense 10.0% (the 1024x500 weight gradient 7.2%), the Adam update 1.3%, the
+non-finite guard 0.7%, the loss and metrics 0.1%. The fit loop's host work is 0.1 ms a step (0.06 ms
+dispatch, 0.03 ms merging the metrics), hidden behind the running step: no per-step synchronization.
+Before the guard became a ``lax.cond`` (jaxcnn.train), XLA copied the 20 Adam moments before
+overwriting them: 23 copies, 1.15 ms a step (1.7%). With ``--lowering conv`` the max-pooling
+gradient of ``reduce_window`` (XLA's select-and-scatter as iotas and reduce-windows) was 79 ms, two
+thirds of the step.
 """
 
 from __future__ import annotations
