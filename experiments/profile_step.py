@@ -26,9 +26,9 @@ MaxPooling2D 9.7%, Dense 10.0% (the 1024x500 weight gradient 7.2%), the Adam upd
 non-finite guard 0.7%, the loss and metrics 0.1%. The fit loop's host work is 0.1 ms a step (0.06 ms
 dispatch, 0.03 ms merging the metrics), hidden behind the running step: no per-step synchronization.
 Before the guard became a ``lax.cond`` (jaxcnn.train), XLA copied the 20 Adam moments before
-overwriting them: 23 copies, 1.15 ms a step (1.7%). With ``--lowering conv`` the max-pooling
-gradient of ``reduce_window`` (XLA's select-and-scatter as iotas and reduce-windows) was 79 ms, two
-thirds of the step.
+overwriting them: 23 copies, 1.15 ms a step (1.7%). With every convolution ``lax.conv`` and every
+max pooling forced to ``lowering = "reduce_window"`` in the config, the pooling's gradient (XLA's
+select-and-scatter, rewritten as iotas and reduce-windows) took 79 ms, two thirds of the step.
 """
 
 from __future__ import annotations
