@@ -1,5 +1,9 @@
 """Training speed: jaxcnn against hand-written Flax linen, Keras 3 on JAX and PyTorch, in one run.
 
+Superseded for the comparison with PyTorch by experiments/bench_cpu.py (issue 13), which runs each
+framework alone in its own process: in one process PyTorch ran slower (19.7 against 16.6 ms a
+seed-CNN step), which flatters jaxcnn here. This script stays for the in-process levers below.
+
 Run:   python experiments/bench_train.py [--xla-fast-cpu] [--no-malloc-tuning] [--models cifar_cnn,vgg11_32,vgg16_64] [--steps N]
 Needs: jaxcnn; Keras 3 and PyTorch 2.13 (`pip install -e ".[peers]"`) for those peers.
 Writes experiments/results/bench_train[_fast_cpu][_default_malloc].{json,png}.

@@ -179,6 +179,9 @@ def _run(args: argparse.Namespace) -> int:
 
         if host.malloc_tuning_requested():
             host.tune_malloc()  # this process is the command's own: keep the memory XLA's steps free
+    from jaxcnn import compile_cache
+
+    compile_cache.enable()  # a second run's steps load their compiled programs (JAXCNN_COMPILATION_CACHE=off)
     if args.command == "summary":
         from jaxcnn.summary import summarize_file
 

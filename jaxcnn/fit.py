@@ -29,7 +29,9 @@ What a run writes in its workdir:
 * ``results.json``: ``test_accuracy``, ``test_loss``, ``epochs``, ``steps``, ``train_seconds``,
   ``images_per_second``, ``params_sha256`` (and more). ``train_seconds`` is the time spent in
   training epochs (steps, data, checkpoints), without validation and without the first step's
-  compilation, which is ``first_step_seconds``.
+  compilation, which is ``first_step_seconds``; ``first_step_cache`` says whether that step's program
+  came from the persistent compilation cache (``"hit"``; ``"miss"``: compiled; ``"off"``: no cache,
+  see :mod:`jaxcnn.compile_cache`).
 
 Resuming. A checkpoint records the settings the run's results depend on (the model, the whole
 ``[data]`` table, the ``[train]`` table but for ``epochs``, ``checkpoint_every_steps`` and
@@ -67,6 +69,7 @@ import jax
 from jaxcnn import data as data_lib
 from jaxcnn import parallel
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
+from jaxcnn.compile_cache import CacheEvents
 from jaxcnn.config import from_dict, read_document
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteError, plural
 from jaxcnn.files import atomic_path, write_atomic
@@ -360,6 +363,7 @@ class _Clock:
     """The epoch's training time, without the first step's compilation and without validation."""
 
     first_step_seconds: float | None = None
+    first_step_cache: str | None = None  # "hit", "miss" or "off": the persistent compilation cache
     started: float = 0.0  # when the current timing segment began
     segment_from: int = 0  # the step in the epoch where it began
 
@@ -399,9 +403,10 @@ def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: in
     for batch in run.train_batches(epoch, start):
         if clock.first_step_seconds is None:
             t0 = time.perf_counter()
-            state, metrics = run.compiled.train_step(state, tuple(batch))
+            with CacheEvents() as events:
+                state, metrics = run.compiled.train_step(state, tuple(batch))
             jax.block_until_ready(state.params)
-            clock.first_step_seconds = time.perf_counter() - t0
+            clock.first_step_seconds, clock.first_step_cache = time.perf_counter() - t0, events.outcome
             clock.started += clock.first_step_seconds  # the first step compiles: not counted as training
         else:
             state, metrics = run.compiled.train_step(state, tuple(batch))
@@ -496,6 +501,7 @@ def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock,
         "stopped_early": bool(record["stopped_early"]),
         "skipped_steps": record["skipped_steps"],
         "first_step_seconds": clock.first_step_seconds,
+        "first_step_cache": clock.first_step_cache,
         "seed": run.config.seed,
         "model": run.model.name,
         "params": run.model.count_params(),

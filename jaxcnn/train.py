@@ -353,25 +353,35 @@ class CompiledModel:
             return mean, (batch_stats, logits, losses)
 
         (loss, (batch_stats, logits, losses)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        layers = self.model.layers
-        weight_terms = regularizers.has_weight_terms(layers)
-        if weight_terms:  # frozen layers take no part in the update
-            grads = regularizers.freeze(layers, grads, jax.tree.map(jnp.zeros_like, grads))
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if weight_terms:  # Keras applies the constraints after the update; frozen layers keep theirs
-            params = regularizers.freeze(layers, regularizers.constrain(layers, params), state.params)
+        if regularizers.has_weight_terms(self.model.layers):  # frozen layers take no part in the update
+            grads = regularizers.freeze(self.model.layers, grads, jax.tree.map(jnp.zeros_like, grads))
         finite = jnp.isfinite(loss) & jnp.all(jnp.array(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [True]))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = state.replace(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            batch_stats=keep(batch_stats, state.batch_stats),
-            opt_state=keep(opt_state, state.opt_state),
-        )
+        if self.module.lowering.backend == "cpu":
+            # The update runs only where the step is finite. Computed always and then selected with
+            # `where`, it made XLA's CPU backend copy every optimizer moment before overwriting it in
+            # place (21 copies, a 1,024x500 pair among them, in the seed CNN's Adam step:
+            # experiments/profile_step.py); `cond` runs one branch and needs none. On GPU a
+            # conditional reads its predicate back to the host, so `where` stays there.
+            params, opt_state = jax.lax.cond(finite, self._update, lambda p, o, g: (p, o),
+                                             state.params, state.opt_state, grads)
+        else:
+            params, opt_state = keep(self._update(state.params, state.opt_state, grads),
+                                     (state.params, state.opt_state))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  batch_stats=keep(batch_stats, state.batch_stats))
         metrics = self._metrics(logits, labels, losses, mask)
         return new_state, metrics.replace(nonfinite=1.0 - finite.astype(jnp.float32))
+
+    def _update(self, params: Any, opt_state: Any, grads: Any) -> tuple[Any, Any]:
+        """The optimizer's step: the new parameters and optimizer state. Keras applies the weight
+        constraints after the update; frozen layers keep their parameters."""
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        new = optax.apply_updates(params, updates)
+        if regularizers.has_weight_terms(self.model.layers):
+            new = regularizers.freeze(self.model.layers, regularizers.constrain(self.model.layers, new), params)
+        return new, opt_state
 
     def _train_steps(self, state: TrainState, batches: Sequence[jax.Array]) -> tuple[TrainState, Metrics]:
         """``k`` training steps in one call, unrolled: ``batches`` holds ``k`` batches stacked on a

@@ -653,3 +653,28 @@ def test_arrays_are_checked_once_per_shape_and_the_steps_compile_once(monkeypatc
         state, _ = compiled.train_steps(state, (xs, ys))
         compiled.predict(state, x[:8])
     assert compiled.train_steps._cache_size() == 1 and compiled.predict._cache_size() == 1
+
+
+def test_a_non_finite_adam_step_leaves_the_optimizer_state_too():
+    compiled = compile(small_model(), "adam")
+    state, metrics = compiled.train_step(compiled.init(0), data(16))
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    x, y = data(16)
+    x[0, 0, 0, 0] = np.nan
+    state, metrics = compiled.train_step(state, (x, y))
+    assert float(metrics.nonfinite) == 1.0 and int(state.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state), before)
+    state, metrics = compiled.train_step(state, data(16))  # a finite step after it updates again
+    assert float(metrics.nonfinite) == 0.0
+    assert params_sha256(state.params) != params_sha256(before[0])
+
+
+def test_the_cpu_step_copies_no_optimizer_state():
+    """The non-finite guard as `where` over the computed update made XLA's CPU backend copy each
+    Adam moment before writing it in place (one copy per parameter and moment); as `cond` it copies
+    none (jaxcnn.train's _train_step)."""
+    compiled = compile(small_model(), "adam")
+    state = compiled.init(0)
+    text = compiled.train_step.lower(state, data(8)).compile().as_text()
+    assert compiled.module.lowering.backend == "cpu"
+    assert re.findall(r" copy\(%state_opt_state[^)]*\)", text) == []
