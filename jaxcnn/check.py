@@ -9,8 +9,10 @@ is started either: ``jax.eval_shape`` needs none, and the lowerings are those of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+import gc
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -104,7 +106,22 @@ def abstract_variables(model: Model, *, batch: Any = None) -> tuple[Any, ...]:
         )
         return variables, eval_outputs, train_outputs, updates
 
-    return jax.eval_shape(trace, images)
+    with _collector_paused():
+        return jax.eval_shape(trace, images)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration: a trace allocates hundreds of thousands
+    of objects that live until it ends, and the collector's passes over them took 0.5 s of
+    EfficientNetB7's 1.8 s proof (816 layers) for nothing to free."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _first_line(error: BaseException) -> str:
