@@ -13,8 +13,9 @@ VGG-like shapes: output maps 32x32 to 2x2 with 3 to 512 channels, 3x3 SAME and 1
 stride 2 SAME: reduce_window, onednn). Each figure is the median of several runs after one warm-up
 run; the machine is shared, so single figures are noisy (read the ratios, not the last digit).
 
-`--ynn` measures, for models whose convolutions and poolings all run in oneDNN (the seed CIFAR CNN
-at batch 128 with Adam, VGG-11/32 at batch 64 with SGD and momentum), the training step with XLA's
+`--ynn` measures, for models whose convolutions and poolings all run in oneDNN (forced with
+``lowering="onednn"``; the seed CIFAR CNN at batch 128 with Adam, VGG-11/32 at batch 64 with SGD and
+momentum), the training step with XLA's
 default flags (YNNPACK fusions on, which include convolutions) against the experimental
 `--xla_cpu_experimental_ynn_fusion_type=individual_dot` (jaxcnn.xla_flags.FAST_CPU_FLAGS), each in
 a fresh process (XLA reads its flags once), rotating the settings over a few rounds.
@@ -25,6 +26,7 @@ What it showed: see the module docstring of jaxcnn/lowerings.py (the rule cites 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -171,7 +173,9 @@ def ynn_child(model_name: str, steps: int) -> dict:
 
     import jaxcnn
 
-    model = jaxcnn.load(str(ROOT / "configs" / f"{model_name}.toml"))
+    loaded = jaxcnn.load(str(ROOT / "configs" / f"{model_name}.toml"))
+    model = jaxcnn.Sequential([dataclasses.replace(layer, lowering="onednn") if hasattr(layer, "lowering") else layer
+                               for layer in loaded.layers], input_shape=loaded.input_shape, name=loaded.name)
     batch, optimizer = YNN_MODELS[model_name]
     compiled = jaxcnn.compile(model, optimizer)
     assert compiled.module.lowering.onednn, "the oneDNN extension is not available"

@@ -7,12 +7,18 @@ The same layer spec can lower to different XLA programs with the same values and
   weight gradient is then one matmul too, without a hand-written VJP);
 * a max or average pooling as ``lax.reduce_window`` (``"reduce_window"``), or, where the windows
   tile the input (``pool_size == strides``, VALID, sizes divisible), as a reshape and a reduction
-  (``"reshape"``).
+  (``"reshape"``);
+* either, on CPU, as oneDNN's primitives called through XLA's FFI (``"onednn"``,
+  :mod:`jaxcnn.onednn`; a convolution's bias and ReLU run inside its call), where the extension is
+  built and the module may use it (:class:`LoweringContext`'s ``onednn``: never on GPU or TPU, on a
+  mesh of several devices or in an export, whose ``jax.export`` refuses the custom calls; a layer
+  forced to ``"onednn"`` there takes the automatic choice).
 
 Ties in max pooling: ``"reduce_window"`` differentiates through XLA's select-and-scatter, which
 gives a window's whole gradient to its first maximal element (row-major order); ``"reshape"``
 differentiates ``max`` as JAX does, sharing it equally among the tied maxima. Both are valid
-subgradients; they differ only where a window holds equal maxima (a test shows both).
+subgradients; they differ only where a window holds equal maxima (a test shows both). ``"onednn"``
+gives it to the element oneDNN's workspace recorded, the first maximum as ``"reduce_window"`` does.
 
 The rule ``choose_*`` was measured on XLA's CPU backend (2 cores, jax 0.10.2), forward pass:
 
@@ -38,6 +44,36 @@ is at most 8 (the batch is concrete when a step is traced; a symbolic batch coun
 training: without the flag unless its output map has 64 positions or more and it has 128 input
 channels or more, with the flag only for at least 9 taps over at most 4 input channels. On GPU and
 TPU every convolution uses ``lax.conv`` (cuDNN, the TPU's convolution units).
+
+With oneDNN (experiments/calibrate_onednn.py, experiments/results/calibrate_onednn.{json,txt}: one
+layer, convolution with bias and ReLU, timed under each lowering, forward ("inference") and forward
+with every gradient ("training"), batches 1, 8, 64 and 128, a shared 2-core machine):
+
+* 3x3 convolutions on output maps of 64 positions (8x8) or more: in training at batches 64 and 128
+  oneDNN took 0.74x the faster XLA lowering's time (geometric mean of 12 shapes, faster in 11):
+  32x32, 64 to 64 channels at batch 128, 410 ms against 949 as ``lax.conv`` and 1,101 as patches;
+  8x8, 256 to 256, 195 against 317 and 410. Batches 1 and 8 as well (measured twice, the second
+  time: 32x32 64 to 64 at batch 8, 15.9 against 28.2 and 31.4 ms; 8x8 256 to 256, 8.7 against 24.2
+  and 20.5), but for 3 input channels at batch 8 (7.9 against 4.9 ms as patches). In inference
+  0.80x at batches 64 and 128, 0.55x at batch 1.
+* 3x3 convolutions on 4x4 maps: oneDNN was slower in every case, 1.3-2.3x the best XLA time in
+  training (512 to 512 at batch 64: 198 against 130 ms as patches), 1.3-7x in inference (batch 128:
+  228 against 114 as ``lax.conv``); on 2x2 maps patches stay 2-3x faster than oneDNN (batch 128,
+  training: 83 against 160 ms).
+* 1x1 convolutions: in inference oneDNN was fastest at batches 1 and 8 (0.59x and 0.73x on maps of
+  64 positions or more) and about even at 64 and 128 (1.07x); in training it was slower (1.07x at
+  batches 64 and 128, 2.4x at batch 1), patches (one matmul each way) fastest: 8x8, 256 to 256 at
+  batch 64, 16.5 ms against 18.0 in oneDNN and 67 as ``lax.conv``.
+* max pooling: oneDNN fastest in 37 of 40 training cases (0.20x the best other's time, geometric
+  mean) and 36 of 40 in inference: 2x2 windows on 16x16x128 at batch 64, 4.3 ms against 16.6 as
+  reshape and 49 as ``reduce_window``; 3x3 at stride 2, SAME, on 32x32x64 at batch 128, 27 against
+  468 as ``reduce_window``.
+
+So where a module may use oneDNN, a convolution uses it when its output map has 64 positions or
+more, or for a 1x1 kernel on more than 4 positions outside training (1x1 in training: patches);
+maps of at most 4 positions keep patches, and the maps in between (5 to 63 positions) the rule
+above; grouped, depthwise, separable and transposed convolutions (no patches program) and every
+max or average pooling use oneDNN. The maps between 4x4 and 8x8 were not measured.
 
 What the rule needs besides a layer's shapes, the batch size and the train flag (the backend, a
 mesh, the XLA flags, a batch size to assume for a symbolic batch) is a :class:`LoweringContext`,
@@ -86,6 +122,7 @@ POOL_LOWERINGS = ("auto", "reduce_window", "reshape", "onednn")
 # Convolutions without a patches program: grouped (Conv2D groups > 1), depthwise, separable, transposed.
 UNPATCHED_LOWERINGS = ("auto", "conv", "onednn")
 _SMALL_MAP = 4  # output positions (H_out * W_out) at or below which patches win on CPU
+_ONEDNN_MAP = 64  # output positions from which oneDNN's convolutions win on CPU (experiments/calibrate_onednn.py)
 SMALL_BATCH = 8  # batch sizes at or below which patches win on CPU
 _NAMES = {"conv": "lax.conv"}  # how the summary writes a lowering; the others by their own names
 
@@ -181,7 +218,9 @@ def choose_conv(output_hw: tuple[int, int], context: LoweringContext, batch: obj
         batch = context.assumed_batch
     positions = output_hw[0] * output_hw[1]
     if context.onednn:
-        return "patches" if positions <= _SMALL_MAP else "onednn"
+        choice = _choose_with_onednn(positions, taps, train)
+        if choice is not None:
+            return choice
     if positions <= _SMALL_MAP or (isinstance(batch, int) and batch <= SMALL_BATCH):
         return "patches"
     if train:
@@ -189,6 +228,16 @@ def choose_conv(output_hw: tuple[int, int], context: LoweringContext, batch: obj
             return "patches" if taps >= 9 and in_channels <= 4 else "conv"
         return "conv" if positions >= 64 and in_channels >= 128 else "patches"
     return "conv"
+
+
+def _choose_with_onednn(positions: int, taps: int, train: bool) -> str | None:
+    """The measured choice where oneDNN may be used (see the module's docstring), ``None`` where
+    XLA's own rule decides (3x3-like kernels on 5 to 63 output positions)."""
+    if positions <= _SMALL_MAP:
+        return "patches"
+    if taps == 1:
+        return "patches" if train else "onednn"
+    return "onednn" if positions >= _ONEDNN_MAP else None
 
 
 def forced_lowering(lowering: str, context: LoweringContext) -> str | None:

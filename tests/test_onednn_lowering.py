@@ -108,14 +108,26 @@ def test_this_process_context_says_whether_the_extension_is_available(monkeypatc
     assert LoweringContext.of_process() == LoweringContext("cpu", onednn_missing="no compiler")
 
 
-def test_the_rule_with_onednn_takes_it_but_for_the_smallest_maps():
-    """Provisional (jaxcnn.lowerings's docstring): oneDNN for every convolution whose output map has
-    more than 4 positions, whatever the batch and in training too; patches for maps of 4 or fewer."""
+def test_the_measured_rule_with_onednn():
+    """experiments/calibrate_onednn.py (jaxcnn.lowerings's docstring): oneDNN for 3x3 convolutions
+    on output maps of 64 positions or more, whatever the batch, in training too; for 1x1 kernels
+    outside training (patches in training); patches on maps of 4 positions or fewer; XLA's rule in
+    between (4x4 maps, where oneDNN measured slower)."""
     for batch in (1, 8, 64, None):
         for train in (False, True):
             assert lowerings.choose_conv((32, 32), ONEDNN, batch, train=train, in_channels=3) == "onednn"
-            assert lowerings.choose_conv((3, 2), ONEDNN, batch, train=train, in_channels=512) == "onednn"
+            assert lowerings.choose_conv((8, 8), ONEDNN, batch, train=train, in_channels=256) == "onednn"
+            assert lowerings.choose_conv((16, 4), ONEDNN, batch, train=train, in_channels=256) == "onednn"
             assert lowerings.choose_conv((2, 2), ONEDNN, batch, train=train, in_channels=512) == "patches"
+            assert lowerings.choose_conv((2, 2), ONEDNN, batch, train=train, in_channels=512, taps=1) == "patches"
+            assert lowerings.choose_conv((16, 16), ONEDNN, batch, train=train, in_channels=128, taps=1) == (
+                "patches" if train else "onednn")
+            for shape in ((4, 4), (7, 9)):  # fewer than 64 positions: XLA's own rule, as without oneDNN
+                args = dict(train=train, in_channels=512)
+                assert lowerings.choose_conv(shape, ONEDNN, batch, **args) == lowerings.choose_conv(
+                    shape, CPU, batch, **args)
+    assert lowerings.choose_conv((4, 4), ONEDNN, 64, in_channels=512) == "conv"
+    assert lowerings.choose_conv((4, 4), ONEDNN, 64, train=True, in_channels=512) == "patches"
     assert lowerings.choose_conv((2, 2), ONEDNN, groups=2) == "onednn"  # grouped: no patches program
     assert lowerings.choose_conv((2, 2), CPU, groups=2) == "conv"
     assert lowerings.choose_conv((32, 32), LoweringContext("cpu", partitioned=True, onednn=True)) == "conv"
@@ -128,10 +140,14 @@ def test_the_summary_names_onednn_where_the_extension_is_available(fake_onednn):
     model = jaxcnn.load("configs/vgg11_32.toml")
     rows = model.summarize().rows
     onednn, patches = "lax.conv; onednn on CPU", "lax.conv; patches on CPU"
-    assert [r.lowering for r in rows if r.type == "Conv2D"] == [onednn] * 6 + [patches] * 2
+    xla = "lax.conv; patches on CPU if batch<=8 or training"  # 4x4 maps: oneDNN measured slower
+    assert [r.lowering for r in rows if r.type == "Conv2D"] == [onednn] * 4 + [xla] * 2 + [patches] * 2
     assert {r.lowering for r in rows if r.type == "MaxPooling2D"} == {"reduce_window; onednn on CPU"}
     assert lowerings.describe_conv((32, 32), ONEDNN, in_channels=3) == "onednn"
     assert lowerings.describe_conv((2, 2), ONEDNN, in_channels=3) == "patches"
+    assert lowerings.describe_conv((4, 4), ONEDNN, in_channels=256) == "lax.conv; patches if batch<=8 or training"
+    assert lowerings.describe_conv((8, 8), ONEDNN, in_channels=256, taps=1) == "onednn; patches if training"
+    assert lowerings.describe_conv((8, 8), in_channels=256, taps=1) == "lax.conv; on CPU onednn, patches if training"
     assert lowerings.describe_pool((8, 8), (2, 2), (2, 2), "valid", ONEDNN) == "onednn"
     shape = (8, 8, 4)
     assert DepthwiseConv2D(3).describe_lowering(shape) == onednn
@@ -236,7 +252,7 @@ def test_each_layer_calls_onednn_once_with_its_bias_and_relu_fused_and_computes_
     has them, ``groups`` for grouped and depthwise convolutions, explicit pads), and values and
     gradients equal to its XLA lowering's."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *shape)), jnp.float32)
-    model = jaxcnn.Sequential([dataclasses.replace(layer, name="layer")], input_shape=shape)
+    model = jaxcnn.Sequential([dataclasses.replace(layer, name="layer", lowering="onednn")], input_shape=shape)
     y, grads, made = _apply(model, ONEDNN, x, fake_onednn)
     assert [(name, kw["activation"], kw["bias"], kw["groups"]) if name == "conv" else (name,)
             for name, kw in made] == calls
@@ -254,7 +270,7 @@ def test_keras_padding_reaches_onednn_as_explicit_pads(fake_onednn):
     pads, (1, 1); 6 columns, 2-column kernel, stride 1: 6 out, (5 + 2 - 6) = 1 pad, (0, 1). The
     pooling of its 4x6 output, 3x3 windows at stride 2: 2 rows out, (2 + 3 - 4) = 1, (0, 1); 3
     columns out, (4 + 3 - 6) = 1, (0, 1)."""
-    model = jaxcnn.Sequential([Conv2D(2, (3, 2), strides=(2, 1), padding="same"),
+    model = jaxcnn.Sequential([Conv2D(2, (3, 2), strides=(2, 1), padding="same", lowering="onednn"),
                                MaxPooling2D((3, 3), strides=(2, 2), padding="same")], input_shape=(7, 6, 1))
     build_module(model, ONEDNN).init(jax.random.key(0), jnp.zeros((1, 7, 6, 1)))
     (_, conv), (_, pool) = fake_onednn.calls
@@ -268,7 +284,7 @@ def test_a_fused_relu_is_not_applied_again(fake_onednn, monkeypatch):
     applied = []
     relu = layers_base.ACTIVATIONS["relu"]
     monkeypatch.setitem(layers_base.ACTIVATIONS, "relu", lambda y: applied.append(y.shape) or relu(y))
-    model = jaxcnn.Sequential([Conv2D(3, 3, activation="relu", input_shape=(6, 6, 2)),
+    model = jaxcnn.Sequential([Conv2D(3, 3, activation="relu", lowering="onednn", input_shape=(6, 6, 2)),
                                SeparableConv2D(3, 3, activation="relu")])
     x = jnp.ones((1, 6, 6, 2))
     build_module(model, ONEDNN).init(jax.random.key(0), x)
@@ -278,7 +294,7 @@ def test_a_fused_relu_is_not_applied_again(fake_onednn, monkeypatch):
 
 
 def test_a_bfloat16_step_computes_in_onednn_bfloat16_kernels_from_float32_arrays(fake_onednn):
-    model = jaxcnn.Sequential([Conv2D(2, 3, input_shape=(6, 6, 2))])
+    model = jaxcnn.Sequential([Conv2D(2, 3, lowering="onednn", input_shape=(6, 6, 2))])
     module = build_module(model, ONEDNN)
     variables = module.init(jax.random.key(0), jnp.ones((1, 6, 6, 2)))
     fake_onednn.calls.clear()
