@@ -210,10 +210,16 @@ def measure_ynn(steps: int, rounds: int) -> list[dict]:
                 row = {**json.loads(done.stdout.strip().splitlines()[-1]), "setting": label, "round": round_}
                 out.append(row)
                 print(f"round {round_} {model_name:10s} {label:30s} {row['median_ms']:8.1f} ms", flush=True)
+    default, fast = settings
     for model_name in YNN_MODELS:
         for label in settings:
             values = [r["median_ms"] for r in out if r["model"] == model_name and r["setting"] == label]
             print(f"{model_name:10s} {label:30s} median over rounds {statistics.median(values):8.1f} ms")
+        ratios = [fast_row["median_ms"] / default_row["median_ms"]
+                  for default_row, fast_row in zip(*([r for r in out if r["model"] == model_name and r["setting"] == s]
+                                                     for s in (default, fast)))]
+        print(f"{model_name:10s} individual_dot / default, paired by round: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
     return out
 
 

@@ -216,9 +216,10 @@ def test_a_model_compiled_for_a_mesh_never_uses_onednn(fake_onednn):
     assert jaxcnn.compile(model).module.lowering.onednn
 
 
-def _apply(model, context, x, fake):
+def _apply(model, context, x, fake=None):
     """``model``'s output in ``context``, the gradients of ``sum(sin(output))`` in its parameters and
-    its input, and the calls ``fake`` recorded while the output was computed."""
+    its input, and the calls ``fake`` (if any) recorded while the output was computed."""
+    fake = fake or FakeOneDNN()
     module = build_module(model, context)
     variables = module.init(jax.random.key(0), x)
 
@@ -300,6 +301,21 @@ def test_a_bfloat16_step_computes_in_onednn_bfloat16_kernels_from_float32_arrays
     fake_onednn.calls.clear()
     y = module.apply(variables, jnp.ones((1, 6, 6, 2), jnp.bfloat16))
     assert y.dtype == jnp.bfloat16 and fake_onednn.calls[0][1]["compute_dtype"] == jnp.bfloat16
+
+
+@needs_onednn
+@pytest.mark.parametrize("layer, shape", [(layer, shape) for layer, shape, _ in LAYERS],
+                         ids=[f"{i}-{layer.type}" for i, (layer, *_) in enumerate(LAYERS)])
+def test_each_layer_in_the_real_onednn_computes_what_xla_does(layer, shape):
+    """The same layers through the extension's kernels: values and gradients as XLA's lowering."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *shape)), jnp.float32)
+    model = jaxcnn.Sequential([dataclasses.replace(layer, name="layer", lowering="onednn")], input_shape=shape)
+    y, grads, _ = _apply(model, ONEDNN, x)
+    y_ref, grads_ref, _ = _apply(jaxcnn.Sequential([dataclasses.replace(layer, name="layer")], input_shape=shape),
+                                 CPU, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
 @needs_onednn
