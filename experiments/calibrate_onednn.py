@@ -20,7 +20,17 @@ default flags (YNNPACK fusions on, which include convolutions) against the exper
 `--xla_cpu_experimental_ynn_fusion_type=individual_dot` (jaxcnn.xla_flags.FAST_CPU_FLAGS), each in
 a fresh process (XLA reads its flags once), rotating the settings over a few rounds.
 
-What it showed: see the module docstring of jaxcnn/lowerings.py (the rule cites these figures).
+What it showed (2026-11-25, oneDNN 3.2.0 avx512_core_bf16, the 2-core Zen 4 machine while other
+benchmarks ran on it, load average 3-9: ratios, not absolute times; the rule in jaxcnn/lowerings.py
+cites the figures): oneDNN wins 3x3 convolutions on maps of 8x8 and more (training at batches 64 and
+128: 0.74x the faster XLA lowering's time, 11 of 12 shapes), loses them on 4x4 maps (1.3-2.3x) and
+2x2 maps (2-3x, patches), wins 1x1 convolutions in inference at small batches and loses them in
+training (patches), and wins max pooling nearly everywhere (37 of 40 training cases, 0.20x the best
+other's time). `--ynn`, every convolution and pooling forced to oneDNN, 5 rounds of 10 steps under
+load 6-9 (experiments/results/calibrate_onednn_ynn.{json,txt}): with `individual_dot` the seed CIFAR
+CNN's step took 0.81x the default's time (median of the per-round ratios 0.49-1.23; 28.0 against
+36.0 ms), VGG-11/32's 1.09x (0.89-1.14; 1,043 against 964 ms): no clear verdict at this noise;
+to be measured again on a quiet machine before the default changes.
 """
 
 from __future__ import annotations
