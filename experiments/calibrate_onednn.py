@@ -10,7 +10,8 @@ Times one layer, as jaxcnn computes it, under each lowering: a convolution with 
 with the gradients in the input, the kernel and the bias ("train", each jitted), over a grid of
 VGG-like shapes: output maps 32x32 to 2x2 with 3 to 512 channels, 3x3 SAME and 1x1 kernels, batches
 1, 8, 64 and 128; and max pooling (2x2 windows at stride 2: reduce_window, reshape, onednn; 3x3 at
-stride 2 SAME: reduce_window, onednn). Each figure is the median of several runs after one warm-up
+stride 2 SAME: reduce_window, onednn); and depthwise (MobileNetV2-like) and transposed 3x3
+convolutions, ``lax`` against oneDNN. Each figure is the median of several runs after one warm-up
 run; the machine is shared, so single figures are noisy (read the ratios, not the last digit).
 
 `--ynn` measures, for models whose convolutions and poolings all run in oneDNN (forced with
@@ -54,6 +55,10 @@ RESULTS = ROOT / "experiments" / "results"
 CONV_SHAPES = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256), (8, 256, 256),
                (4, 256, 512), (4, 512, 512), (2, 512, 512)]
 POOL_SHAPES = [(32, 64), (16, 128), (8, 256), (4, 512), (2, 512)]  # (input map side, channels)
+# MobileNetV2-like depthwise 3x3 convolutions (map side, channels), and transposed 3x3 stride-2
+# convolutions (input side, input channels, filters): the layers without a patches program
+DEPTHWISE_SHAPES = [(32, 32), (16, 96), (8, 192), (4, 384)]
+TRANSPOSE_SHAPES = [(8, 128, 64), (16, 64, 32)]
 
 
 def _time(fn: Callable[[], object], reps: int, budget_s: float = 1.5) -> float:
@@ -154,6 +159,58 @@ def calibrate_pool(batches: list[int], modes: list[str], lowerings_: list[str], 
     return rows
 
 
+def calibrate_unpatched(batches: list[int], modes: list[str], reps: int) -> list[dict]:
+    """Depthwise (``groups`` = channels) and transposed convolutions: ``lax`` against oneDNN."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    from jaxcnn import lowerings
+
+    def depthwise(lowering):
+        def layer(x, k, b):
+            if lowering == "onednn":
+                return lowerings.onednn_conv(x, k, b, strides=(1, 1), padding="same", dilation=(1, 1),
+                                             groups=x.shape[-1], activation="relu")
+            y = lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         feature_group_count=x.shape[-1])
+            return jax.nn.relu(y + b)
+        return layer
+
+    def transpose(lowering):
+        pads = ((2, 2), (2, 2))  # Keras's SAME at stride 2 for a 3x3 kernel (output 2x the input)
+        def layer(x, k, b):
+            if lowering == "onednn":
+                y = lowerings.onednn_conv_transpose(x, k, strides=(2, 2), padding=pads, dilation=(1, 1))
+            else:
+                y = lax.conv_transpose(x, k, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       transpose_kernel=True)
+            return jax.nn.relu(y + b)
+        return layer
+
+    rng = np.random.default_rng(2)
+    cases = [("depthwise", (side, side, c), (3, 3, 1, c), c, depthwise) for side, c in DEPTHWISE_SHAPES]
+    cases += [("transpose", (side, side, cin), (3, 3, f, cin), f, transpose) for side, cin, f in TRANSPOSE_SHAPES]
+    rows = []
+    for mode in modes:
+        for kind, shape, kernel_shape, out, make in cases:
+            for batch in batches:
+                x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
+                k = jnp.asarray(rng.normal(size=kernel_shape) / 3, jnp.float32)
+                b = jnp.zeros((out,), jnp.float32)
+                ms = {}
+                for lowering in ("conv", "onednn"):
+                    step = _step(make(lowering), mode)
+                    ms[lowering] = _time(lambda: step(x, k, b), reps)  # noqa: B023
+                row = {"kind": kind, "mode": mode, "batch": batch, "map": shape[0], "in": shape[2], "out": out,
+                       "ms": ms, "best": min(ms, key=ms.get)}
+                rows.append(row)
+                print(f"{kind:9s} {mode:5s} b{batch:<3d} {shape[0]:2d}x{shape[1]:<2d} {shape[2]:3d}->{out:<3d} "
+                      f"{_ratios(ms)}  best {row['best']}", flush=True)
+    return rows
+
+
 def _ratios(ms: dict[str, float]) -> str:
     best = min(ms.values())
     return "  ".join(f"{name} {value:8.2f} ms ({value / best:4.1f}x)" for name, value in ms.items())
@@ -239,6 +296,8 @@ def main() -> None:
     parser.add_argument("--modes", default="train,infer")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--skip-pool", action="store_true")
+    parser.add_argument("--only-unpatched", action="store_true",
+                        help="only the depthwise and transposed convolutions (written to calibrate_onednn_unpatched.json)")
     parser.add_argument("--ynn", action="store_true", help="measure XLA's YNNPACK flag with oneDNN convolutions")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
@@ -257,9 +316,15 @@ def main() -> None:
     candidates = ["conv", "patches"] + (["onednn"] if onednn.available() else [])
     batches = [int(b) for b in args.batches.split(",")]
     modes = args.modes.split(",")
+    if args.only_unpatched:
+        rows = calibrate_unpatched(batches, modes, args.reps)
+        write_atomic(RESULTS / "calibrate_onednn_unpatched.json", json.dumps({**meta, "rows": rows}, indent=1))
+        return
     rows = calibrate_conv(batches, modes, candidates, args.reps)
     if not args.skip_pool:
         rows += calibrate_pool(batches, modes, candidates, args.reps)
+    if onednn.available():
+        rows += calibrate_unpatched(batches, modes, args.reps)
     write_atomic(RESULTS / "calibrate_onednn.json", json.dumps({**meta, "rows": rows}, indent=1))
 
 

@@ -149,7 +149,7 @@ class Conv2D(_Windowed):
                         f"evenly divisible by the number of groups (Keras), got filters={self.filters}")
         if self.groups > 1 and self.lowering == "patches":
             raise _fail(t, "lowering", self.lowering, "cannot be 'patches' with groups > 1: a grouped "
-                        "convolution is lowered as lax.conv ('conv' or 'auto')")
+                        "convolution is lowered as lax.conv or in oneDNN ('conv', 'onednn' or 'auto')")
         _refuse_strided_dilation(self)
 
     def _in_channels(self, input_shape: Shape) -> int:
