@@ -27,11 +27,13 @@ cites the figures): oneDNN wins 3x3 convolutions on maps of 8x8 and more (traini
 128: 0.74x the faster XLA lowering's time, 11 of 12 shapes), loses them on 4x4 maps (1.3-2.3x) and
 2x2 maps (2-3x, patches), wins 1x1 convolutions in inference at small batches and loses them in
 training (patches), and wins max pooling nearly everywhere (37 of 40 training cases, 0.20x the best
-other's time). `--ynn`, every convolution and pooling forced to oneDNN, 5 rounds of 10 steps under
-load 6-9 (experiments/results/calibrate_onednn_ynn.{json,txt}): with `individual_dot` the seed CIFAR
-CNN's step took 0.81x the default's time (median of the per-round ratios 0.49-1.23; 28.0 against
-36.0 ms), VGG-11/32's 1.09x (0.89-1.14; 1,043 against 964 ms): no clear verdict at this noise;
-to be measured again on a quiet machine before the default changes.
+other's time); depthwise 3x3 convolutions 3-7x faster in oneDNN than XLA's grouped lax.conv in
+training, transposed ones 1.6-10x (calibrate_onednn_unpatched.json). `--ynn`, every convolution and
+pooling forced to oneDNN, on the quiet machine (load under 1; calibrate_onednn_ynn.{json,txt}, 5
+rounds of 10 steps, and calibrate_onednn_ynn_cifar_cnn.json, 5 rounds of 60): the seed CIFAR CNN's
+step 9.8 ms with XLA's defaults against 10.0 with `individual_dot` (median of the per-round ratios
+1.01), VGG-11/32's 226 against 220 ms (0.98): with the convolutions in oneDNN, XLA's YNNPACK fusions
+neither help nor hurt these models (under load 6-9 the same comparison gave 0.81 and 1.09, noise).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def _time(fn: Callable[[], object], reps: int, budget_s: float = 1.5) -> float:
 def _conv_layer(lowering: str, kernel: int) -> Callable:
     """``relu(conv(x, k) + b)`` as jaxcnn's Conv2D computes it under ``lowering``, SAME padding."""
     import jax
+
     from jaxcnn import lowerings
 
     def layer(x, k, b):
@@ -147,7 +150,7 @@ def calibrate_pool(batches: list[int], modes: list[str], lowerings_: list[str], 
                     for lowering in candidates:
                         if lowering == "onednn" and "onednn" not in lowerings_:
                             continue
-                        layer = lambda x, _k, _b, lowering=lowering, pool=pool, strides=strides, padding=padding: (  # noqa: E731
+                        layer = lambda x, _k, _b, lowering=lowering, pool=pool, strides=strides, padding=padding: (
                             lowerings.max_pool(x, pool=pool, strides=strides, padding=padding, lowering=lowering))
                         step = _step(layer, mode)
                         ms[lowering] = _time(lambda: step(x, 0.0, 0.0), reps)  # noqa: B023
@@ -261,13 +264,13 @@ def ynn_child(model_name: str, steps: int) -> dict:
     return {"model": model_name, "xla_flags": os.environ.get("XLA_FLAGS", ""), "median_ms": 1e3 * statistics.median(times)}
 
 
-def measure_ynn(steps: int, rounds: int) -> list[dict]:
+def measure_ynn(steps: int, rounds: int, models: list[str]) -> list[dict]:
     from jaxcnn.xla_flags import FAST_CPU_FLAGS
 
     settings = {"default (YNNPACK fusions on)": "", "individual_dot": " ".join(FAST_CPU_FLAGS)}
     out = []
     for round_ in range(rounds):
-        for model_name in YNN_MODELS:
+        for model_name in models:
             for label, flags in settings.items():
                 env = {**os.environ, "XLA_FLAGS": flags, "JAXCNN_XLA_FAST_CPU": "0"}
                 code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'experiments')!r}); "
@@ -278,7 +281,7 @@ def measure_ynn(steps: int, rounds: int) -> list[dict]:
                 out.append(row)
                 print(f"round {round_} {model_name:10s} {label:30s} {row['median_ms']:8.1f} ms", flush=True)
     default, fast = settings
-    for model_name in YNN_MODELS:
+    for model_name in models:
         for label in settings:
             values = [r["median_ms"] for r in out if r["model"] == model_name and r["setting"] == label]
             print(f"{model_name:10s} {label:30s} median over rounds {statistics.median(values):8.1f} ms")
@@ -301,6 +304,7 @@ def main() -> None:
     parser.add_argument("--ynn", action="store_true", help="measure XLA's YNNPACK flag with oneDNN convolutions")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", default=",".join(YNN_MODELS), help="with --ynn: among " + ", ".join(YNN_MODELS))
     args = parser.parse_args()
 
     from jaxcnn import host, onednn
@@ -310,8 +314,10 @@ def main() -> None:
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "onednn": onednn.info(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if args.ynn:
-        result = {**meta, "rows": measure_ynn(args.steps, args.rounds)}
-        write_atomic(RESULTS / "calibrate_onednn_ynn.json", json.dumps(result, indent=1))
+        models = args.models.split(",")
+        result = {**meta, "rows": measure_ynn(args.steps, args.rounds, models)}
+        name = "calibrate_onednn_ynn.json" if models == list(YNN_MODELS) else f"calibrate_onednn_ynn_{'_'.join(models)}.json"
+        write_atomic(RESULTS / name, json.dumps(result, indent=1))
         return
     candidates = ["conv", "patches"] + (["onednn"] if onednn.available() else [])
     batches = [int(b) for b in args.batches.split(",")]

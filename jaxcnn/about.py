@@ -58,8 +58,8 @@ def about_text(facts: dict[str, Any]) -> str:
     else:
         onednn_line = f"not available: {dnn['reason']}"
     lines = [
-        f"jaxcnn {facts['jaxcnn']} (Python {facts['python']}; jax {facts['jax']}, jaxlib {facts['jaxlib']}, "
-        f"flax {facts['flax']})",
+        (f"jaxcnn {facts['jaxcnn']} (Python {facts['python']}; jax {facts['jax']}, jaxlib {facts['jaxlib']}, "
+         f"flax {facts['flax']})"),
         f"backend: {facts['backend']}, {plural(len(facts['devices']), 'device')}: {', '.join(facts['devices'])}",
         f"oneDNN extension: {onednn_line}",
         "lowerings here:",

@@ -101,8 +101,8 @@ from jax import lax
 __all__ = [
     "CONV_LOWERINGS",
     "POOL_LOWERINGS",
-    "UNPATCHED_LOWERINGS",
     "SMALL_BATCH",
+    "UNPATCHED_LOWERINGS",
     "LoweringContext",
     "avg_pool",
     "choose_conv",

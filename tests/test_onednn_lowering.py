@@ -21,8 +21,16 @@ import jaxcnn.onednn
 from jaxcnn import lowerings
 from jaxcnn.errors import LayerArgumentError
 from jaxcnn.flax_module import build_module
-from jaxcnn.layers import (AveragePooling2D, Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D, Flatten, MaxPooling2D,
-                           SeparableConv2D)
+from jaxcnn.layers import (
+    AveragePooling2D,
+    Conv2D,
+    Conv2DTranspose,
+    Dense,
+    DepthwiseConv2D,
+    Flatten,
+    MaxPooling2D,
+    SeparableConv2D,
+)
 from jaxcnn.layers import base as layers_base
 from jaxcnn.lowerings import LoweringContext
 
@@ -42,24 +50,24 @@ class FakeOneDNN:
 
     def conv(self, x, kernel, bias=None, *, strides, padding, dilation=(1, 1), groups=1, activation=None,
              compute_dtype=None):
-        self.calls.append(("conv", dict(bias=bias is not None, strides=strides, padding=padding, groups=groups,
-                                        activation=activation, compute_dtype=compute_dtype)))
+        self.calls.append(("conv", {"bias": bias is not None, "strides": strides, "padding": padding,
+                                    "groups": groups, "activation": activation, "compute_dtype": compute_dtype}))
         y = lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=DIMS,
                                      feature_group_count=groups)
         y = y if bias is None else y + bias
         return jnp.maximum(y, 0.0) if activation == "relu" else y
 
     def conv_transpose(self, x, kernel, *, strides, padding, dilation=(1, 1), compute_dtype=None):
-        self.calls.append(("conv_transpose", dict(strides=strides, padding=padding)))
+        self.calls.append(("conv_transpose", {"strides": strides, "padding": padding}))
         return lax.conv_transpose(x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=DIMS,
                                   transpose_kernel=True)
 
     def max_pool(self, x, *, pool, strides, padding):
-        self.calls.append(("max_pool", dict(pool=pool, strides=strides, padding=padding)))
+        self.calls.append(("max_pool", {"pool": pool, "strides": strides, "padding": padding}))
         return lax.reduce_window(x, -jnp.inf, lax.max, (1, *pool, 1), (1, *strides, 1), ((0, 0), *padding, (0, 0)))
 
     def avg_pool(self, x, *, pool, strides, padding):
-        self.calls.append(("avg_pool", dict(pool=pool, strides=strides, padding=padding)))
+        self.calls.append(("avg_pool", {"pool": pool, "strides": strides, "padding": padding}))
         pads = ((0, 0), *padding, (0, 0))
         window = ((1, *pool, 1), (1, *strides, 1), pads)
         ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
@@ -123,7 +131,7 @@ def test_the_measured_rule_with_onednn():
             assert lowerings.choose_conv((16, 16), ONEDNN, batch, train=train, in_channels=128, taps=1) == (
                 "patches" if train else "onednn")
             for shape in ((4, 4), (7, 9)):  # fewer than 64 positions: XLA's own rule, as without oneDNN
-                args = dict(train=train, in_channels=512)
+                args = {"train": train, "in_channels": 512}
                 assert lowerings.choose_conv(shape, ONEDNN, batch, **args) == lowerings.choose_conv(
                     shape, CPU, batch, **args)
     assert lowerings.choose_conv((4, 4), ONEDNN, 64, in_channels=512) == "conv"
@@ -345,10 +353,10 @@ def test_a_whole_model_trains_the_same_with_onednn():
 @pytest.mark.slow
 def test_an_export_traces_no_onednn_call(fake_onednn, tmp_path):
     """jax.export refuses oneDNN's custom calls: a model trained with them exports with XLA's."""
+    from test_fit import write_config
+
     from jaxcnn.export import export_model
     from jaxcnn.fit import train_and_evaluate
-
-    from test_fit import write_config
 
     if jax.default_backend() != "cpu":
         pytest.skip("oneDNN is a CPU lowering")
