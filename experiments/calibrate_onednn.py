@@ -21,15 +21,16 @@ default flags (YNNPACK fusions on, which include convolutions) against the exper
 `--xla_cpu_experimental_ynn_fusion_type=individual_dot` (jaxcnn.xla_flags.FAST_CPU_FLAGS), each in
 a fresh process (XLA reads its flags once), rotating the settings over a few rounds.
 
-What it showed (2026-11-25, oneDNN 3.2.0 avx512_core_bf16, the 2-core Zen 4 machine while other
-benchmarks ran on it, load average 3-9: ratios, not absolute times; the rule in jaxcnn/lowerings.py
-cites the figures): oneDNN wins 3x3 convolutions on maps of 8x8 and more (training at batches 64 and
-128: 0.74x the faster XLA lowering's time, 11 of 12 shapes), loses them on 4x4 maps (1.3-2.3x) and
-2x2 maps (2-3x, patches), wins 1x1 convolutions in inference at small batches and loses them in
-training (patches), and wins max pooling nearly everywhere (37 of 40 training cases, 0.20x the best
-other's time); depthwise 3x3 convolutions 3-7x faster in oneDNN than XLA's grouped lax.conv in
-training, transposed ones 1.6-10x (calibrate_onednn_unpatched.json). `--ynn`, every convolution and
-pooling forced to oneDNN, on the quiet machine (load under 1; calibrate_onednn_ynn.{json,txt}, 5
+What it showed (2026-11-25, oneDNN 3.2.0 avx512_core_bf16, the 2-core Zen 4 machine, quiet;
+experiments/results/calibrate_onednn.{json,txt}; a first run under load 6-9 from other work,
+calibrate_onednn_loaded.*, gave the same verdicts; the rule in jaxcnn/lowerings.py cites the
+figures): oneDNN wins 3x3 convolutions on maps of 8x8 and more (training at batches 64 and 128: 0.63x
+the faster XLA lowering's time, 11 of 12 shapes; about even at batches 1 and 8), loses them on 4x4
+maps (15 of 16 cases, 1.1-2.5x) and 2x2 maps (1.2-4.2x, patches), wins 1x1 convolutions in inference and does not in
+training (patches), wins max pooling nearly everywhere (35 of 40 training cases, 0.33x the best
+other's time), depthwise convolutions (3.2-7.6x faster in training) and transposed ones (1.2-12x).
+
+`--ynn`, every convolution and pooling forced to oneDNN, on the quiet machine (load under 1; calibrate_onednn_ynn.{json,txt}, 5
 rounds of 10 steps, and calibrate_onednn_ynn_cifar_cnn.json, 5 rounds of 60): the seed CIFAR CNN's
 step 9.8 ms with XLA's defaults against 10.0 with `individual_dot` (median of the per-round ratios
 1.01), VGG-11/32's 226 against 220 ms (0.98): with the convolutions in oneDNN, XLA's YNNPACK fusions

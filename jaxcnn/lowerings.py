@@ -47,33 +47,31 @@ TPU every convolution uses ``lax.conv`` (cuDNN, the TPU's convolution units).
 
 With oneDNN (experiments/calibrate_onednn.py, experiments/results/calibrate_onednn.{json,txt}: one
 layer, convolution with bias and ReLU, timed under each lowering, forward ("inference") and forward
-with every gradient ("training"), batches 1, 8, 64 and 128, a shared 2-core machine):
+with every gradient ("training"), batches 1, 8, 64 and 128, on the quiet machine; a run under load
+6-9 from other work, calibrate_onednn_loaded.*, gave the same verdicts):
 
 * 3x3 convolutions on output maps of 64 positions (8x8) or more: in training at batches 64 and 128
-  oneDNN took 0.74x the faster XLA lowering's time (geometric mean of 12 shapes, faster in 11):
-  32x32, 64 to 64 channels at batch 128, 410 ms against 949 as ``lax.conv`` and 1,101 as patches;
-  8x8, 256 to 256, 195 against 317 and 410. Batches 1 and 8 as well (measured twice, the second
-  time: 32x32 64 to 64 at batch 8, 15.9 against 28.2 and 31.4 ms; 8x8 256 to 256, 8.7 against 24.2
-  and 20.5), but for 3 input channels at batch 8 (7.9 against 4.9 ms as patches). In inference
-  0.80x at batches 64 and 128, 0.55x at batch 1.
-* 3x3 convolutions on 4x4 maps: oneDNN was slower in every case, 1.3-2.3x the best XLA time in
-  training (512 to 512 at batch 64: 198 against 130 ms as patches), 1.3-7x in inference (batch 128:
-  228 against 114 as ``lax.conv``); on 2x2 maps patches stay 2-3x faster than oneDNN (batch 128,
-  training: 83 against 160 ms).
-* 1x1 convolutions: in inference oneDNN was fastest at batches 1 and 8 (0.59x and 0.73x on maps of
-  64 positions or more) and about even at 64 and 128 (1.07x); in training it was slower (1.07x at
-  batches 64 and 128, 2.4x at batch 1), patches (one matmul each way) fastest: 8x8, 256 to 256 at
-  batch 64, 16.5 ms against 18.0 in oneDNN and 67 as ``lax.conv``.
-* max pooling: oneDNN fastest in 37 of 40 training cases (0.20x the best other's time, geometric
-  mean) and 36 of 40 in inference: 2x2 windows on 16x16x128 at batch 64, 4.3 ms against 16.6 as
-  reshape and 49 as ``reduce_window``; 3x3 at stride 2, SAME, on 32x32x64 at batch 128, 27 against
-  468 as ``reduce_window``.
-
-* depthwise 3x3 convolutions (MobileNetV2-like, 32x32x32 to 4x4x384; calibrate_onednn_unpatched.json):
-  oneDNN 2.8-7.2x faster than XLA's grouped ``lax.conv`` in training (16x16x96 at batch 64: 12.3
-  against 88.6 ms), 1.9-8.5x in inference; transposed 3x3 convolutions at stride 2: 1.6-10x faster
-  in training (16x16, 64 to 32 channels at batch 64: 20.0 against 124 ms), about even in inference
-  (0.8-1.3x).
+  oneDNN took 0.63x the faster XLA lowering's time (geometric mean of 12 shapes, faster in 11):
+  32x32, 64 to 64 channels at batch 128, 101 ms against 294 as ``lax.conv`` and 335 as patches;
+  8x8, 256 to 256, 68 against 103 and 137. At batches 1 and 8 about even (1.03x and 0.95x; 32x32
+  64 to 64 at batch 8, 5.9 against 10.8 ms as patches; 3 input channels at batch 8, 2.7 against
+  2.3). In inference 0.64x at batches 64 and 128, 0.82x at batch 1.
+* 3x3 convolutions on 4x4 maps: oneDNN slower in 7 of 8 cases in training (1.1-2.5x the best XLA
+  time; 512 to 512 at batch 64: 44 against 39 ms as patches) and in all 8 in inference (1.15-2.2x;
+  batch 128: 39 against 28 ms as ``lax.conv``); on 2x2 maps patches stay 1.2-4.2x faster than
+  oneDNN (batch 128, training: 19 against 36 ms).
+* 1x1 convolutions: in inference oneDNN was fastest in 26 of 36 cases (0.73x at batches 64 and
+  128 on maps of 64 positions or more, 0.84x at batch 1); in training it was even at best (0.99x at
+  batches 64 and 128, 1.7x at batches 1 and 8), patches (one matmul each way) fastest: 8x8, 256 to
+  256 at batch 64, 9.6 ms in oneDNN and as patches, 20.7 as ``lax.conv``.
+* max pooling: oneDNN fastest in 35 of 40 training cases (0.33x the best other's time, geometric
+  mean) and 38 of 40 in inference: 2x2 windows on 16x16x128 at batch 64, 2.5 ms against 3.6 as
+  reshape and 14.2 as ``reduce_window``; 3x3 at stride 2, SAME, on 32x32x64 at batch 128, 7.3
+  against 135 as ``reduce_window``.
+* depthwise 3x3 convolutions (MobileNetV2-like, 32x32x32 to 4x4x384): oneDNN 3.2-7.6x faster than
+  XLA's grouped ``lax.conv`` in training (16x16x96 at batch 64: 11.1 against 84.8 ms), 1.1-7.9x in
+  inference; transposed 3x3 convolutions at stride 2: 1.2-12x faster in training (16x16, 64 to 32
+  channels at batch 64: 15.0 against 142 ms), 0.6-1.8x in inference.
 
 So where a module may use oneDNN, a convolution uses it when its output map has 64 positions or
 more, or for a 1x1 kernel on more than 4 positions outside training (1x1 in training: patches);
