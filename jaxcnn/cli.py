@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="the forward pass's precision (default: float32; bfloat16 agrees within 0.05)")
 
+    info = sub.add_parser("info", help="print the versions, the devices, the oneDNN extension's state and the "
+                          "lowerings this machine has")
+    info.add_argument("--json", action="store_true", help="print every fact as JSON, for tools")
+
     predict = sub.add_parser(
         "predict", help="run an export file on .npy arrays or PNG/JPEG images",
         description="Print the top-k classes of each input as JSON.", epilog=PREDICT_INPUTS,
@@ -203,6 +207,13 @@ def _run(args: argparse.Namespace) -> int:
                                 precision=args.precision)
         print(f"wrote {args.out}: {manifest['model']!r}, input {tuple(manifest['input_signature']['shape'])}, "
               f"{manifest['precision']}, lowered for {', '.join(manifest['platforms'])}")
+    elif args.command == "info":
+        import json
+
+        from jaxcnn.about import about, about_text
+
+        facts = about()
+        print(json.dumps(facts, indent=1) if args.json else about_text(facts))
     elif args.command == "predict":
         import json
 

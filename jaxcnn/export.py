@@ -80,6 +80,9 @@ def export_model(
         compiled = compile(model, "sgd", precision=precision)  # the optimizer plays no part in serving
     except JaxcnnError as error:
         raise error.located(source=source) from None
+    # jax.export refuses oneDNN's custom calls: the export traces the lowerings XLA has (lax.conv, patches).
+    compiled = dataclasses.replace(compiled, module=compiled.module.clone(
+        lowering=dataclasses.replace(compiled.module.lowering, onednn=False)))
     folder = checkpoint_folder(checkpoint)
     abstract = compiled.abstract_state()
     restored = Checkpoints(folder, fingerprint=model_fingerprint(model), keep=10**6).restore_variables(

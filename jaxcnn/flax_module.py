@@ -7,7 +7,10 @@ creates are ``{"params": {layer_name: {...}}, "batch_stats": {layer_name: {...}}
 
 The lowerings (:mod:`jaxcnn.lowerings`) are chosen for the :class:`~jaxcnn.lowerings.LoweringContext`
 the module is built with, a static field: the backend, the mesh and the XLA flags are read once,
-when the module is built, never while it is traced.
+when the module is built, never while it is traced. A layer forced to ``lowering="onednn"`` in a
+context that would use oneDNN but for its missing extension is refused then, naming the reason
+(``jaxcnn info`` prints it too); where the context itself rules oneDNN out (GPU, TPU, a mesh, an
+export) such a layer takes the automatic choice.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 import flax.linen as nn
 import jax
 
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.errors import JaxcnnError, LayerArgumentError
 from jaxcnn.layers import Layer
 from jaxcnn.lowerings import LoweringContext
 
 if TYPE_CHECKING:
     from jaxcnn.graph import Model
 
-__all__ = ["LayerModule", "SequentialModule", "apply_graph", "build_module", "traced_layer", "wiring"]
+__all__ = ["LayerModule", "SequentialModule", "apply_graph", "build_module", "refuse_missing_onednn", "traced_layer",
+           "wiring"]
 
 _LAYER = "jaxcnn_layer"  # the attribute that names the layer on an error raised while tracing it
 
@@ -128,7 +132,27 @@ def build_module(model: Model, lowering: LoweringContext | None = None,
     head's activation)."""
     specs = tuple(model.layers if specs is None else specs)
     lowering = lowering or LoweringContext.of_process()
+    refuse_missing_onednn(specs, lowering)
     return SequentialModule(specs=specs, lowering=lowering, **wiring(model))
+
+
+def refuse_missing_onednn(specs: Sequence[Layer], lowering: LoweringContext) -> None:
+    """Raise where a layer of ``specs`` (or of a model nested in them) is forced to
+    ``lowering="onednn"`` and ``lowering`` says the oneDNN extension is missing.
+
+    Raises:
+      LayerArgumentError: naming the first such layer (index, name, type) and the reason.
+    """
+    if lowering.onednn_missing is None:
+        return
+    for index, spec in enumerate(specs):
+        nested = getattr(spec, "model", None)
+        if nested is not None:
+            refuse_missing_onednn(nested.layers, lowering)
+        elif getattr(spec, "lowering", None) == "onednn":
+            raise LayerArgumentError(
+                f"`lowering` (='onednn') cannot be used: {lowering.onednn_missing} (`jaxcnn info` says "
+                "which lowerings this machine has)", index=index, layer_name=spec.name, layer_type=spec.type)
 
 
 def wiring(model: Model) -> dict[str, Any]:

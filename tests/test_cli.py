@@ -285,7 +285,7 @@ def _parsers():
 def test_every_option_and_subcommand_has_help():
     parsers, sub = _parsers()
     assert set(parsers) == {"jaxcnn", "jaxcnn summary", "jaxcnn check", "jaxcnn train", "jaxcnn export",
-                            "jaxcnn predict"}
+                            "jaxcnn predict", "jaxcnn info"}
     missing = [f"{prog} {action.option_strings or action.dest}" for prog, parser in parsers.items()
                for action in parser._actions if not (action.help or "").strip()]
     assert missing == []

@@ -158,13 +158,15 @@ def test_float32_export_matches_in_process_outputs(trained):
     images = trained["test"].images
     exported = artifact.predict(images, batch_size=32)
     in_process = trained["compiled"].predict_batched(trained["state"], images, batch_size=32)
-    np.testing.assert_allclose(exported, in_process, rtol=1e-6, atol=1e-7)
+    # In process the convolutions may run in oneDNN, which jax.export refuses (the file has XLA's):
+    # the same values to float32 rounding, summed in another order (2.2e-6 relative measured).
+    np.testing.assert_allclose(exported, in_process, rtol=1e-5, atol=1e-7)
     # batches of at most 8 run the file's small-batch program (patches lowering): same parity
     assert "stablehlo.convolution" in artifact.exported.mlir_module()  # 8x8 maps: lax.conv at large batch
     assert "stablehlo.convolution" not in artifact.exported_small.mlir_module()
     small = artifact.predict(images[:8], batch_size=4)
     np.testing.assert_allclose(small, trained["compiled"].predict_batched(trained["state"], images[:8], batch_size=4),
-                               rtol=1e-6, atol=1e-7)
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_bfloat16_export_agrees_within_tolerance_and_keeps_top1(trained):

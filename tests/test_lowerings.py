@@ -1,4 +1,8 @@
-"""Every lowering computes the same values and gradients as the reference one; the choice rule."""
+"""Every lowering computes the same values and gradients as the reference one; the choice rule.
+
+The ``onednn`` lowerings' values are tested where :mod:`jaxcnn.onednn` is available (its extension
+built here); the choice rule and the wiring are tested with its availability forced either way.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
 import jaxcnn
+import jaxcnn.onednn
 from jaxcnn import lowerings
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
 from jaxcnn.layers import Conv2D, MaxPooling2D
@@ -18,6 +24,15 @@ from jaxcnn.lowerings import LoweringContext
 
 CPU, GPU, TPU = LoweringContext("cpu"), LoweringContext("gpu"), LoweringContext("tpu")
 FAST_CPU = LoweringContext("cpu", fast_cpu=True)
+ONEDNN = LoweringContext("cpu", onednn=True)
+needs_onednn = pytest.mark.skipif(not jaxcnn.onednn.available(),
+                                  reason=f"oneDNN: {jaxcnn.onednn.unavailable_reason()}")
+
+
+@pytest.fixture
+def without_onednn(monkeypatch):
+    """This process as one without the oneDNN extension (the summary's CPU rule then has none)."""
+    monkeypatch.setattr(jaxcnn.onednn, "available", lambda: False)
 
 CONV_GRID = [
     # (input h, w, kernel, strides, padding, dilation)
@@ -28,8 +43,10 @@ CONV_GRID = [
 ]
 
 
+@pytest.mark.parametrize("lowering", ["patches", pytest.param("onednn", marks=needs_onednn)])
 @pytest.mark.parametrize("h, w, kernel, strides, padding, dilation", CONV_GRID)
-def test_patches_convolution_equals_lax_conv_in_values_and_gradients(h, w, kernel, strides, padding, dilation):
+def test_every_convolution_lowering_equals_lax_conv_in_values_and_gradients(h, w, kernel, strides, padding, dilation,
+                                                                           lowering):
     rng = np.random.default_rng(hash((h, w, kernel, strides, padding, dilation)) % 2**32)
     x = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(*kernel, 3, 4)), jnp.float32)
@@ -42,10 +59,104 @@ def test_patches_convolution_equals_lax_conv_in_values_and_gradients(h, w, kerne
         return y, grads
 
     y_ref, (gx_ref, gk_ref) = run("conv")
-    y, (gx, gk) = run("patches")
+    y, (gx, gk) = run(lowering)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gk, gk_ref, rtol=1e-4, atol=1e-4)
+
+
+POOL_GRID = [  # (pool, strides, padding, h, w)
+    *[(p, p, "valid", h, w) for p, h, w in [((2, 2), 8, 6), ((3, 3), 9, 3), ((2, 1), 4, 5), ((1, 1), 3, 3)]],
+    ((3, 3), (2, 2), "valid", 9, 8), ((3, 3), (2, 2), "same", 9, 8), ((2, 2), (2, 2), "same", 7, 5),
+    ((3, 2), (1, 1), "same", 4, 6), ((2, 3), (2, 1), "same", 5, 5), ((1, 1), (2, 2), "valid", 5, 4),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("pool, strides, padding, h, w", POOL_GRID)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_onednn_pooling_equals_reduce_window_in_values_and_gradients(pool, strides, padding, h, w, kind):
+    """Overlapping windows and SAME padding too: max pads with -inf, the average excludes the padding."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, h, w, 5)), jnp.float32)  # no ties
+    fn = lowerings.max_pool if kind == "max" else lowerings.avg_pool
+
+    def run(lowering):
+        f = lambda x: fn(x, pool=pool, strides=strides, padding=padding, lowering=lowering)  # noqa: E731
+        return jax.jit(f)(x), jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+
+    y_ref, g_ref = run("reduce_window")
+    y, g = run("onednn")
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+GROUPED_GRID = [  # (input h, w, channels, filters, groups, kernel, strides, padding, dilation)
+    (6, 7, 4, 6, 2, (3, 3), (1, 1), "same", (1, 1)),
+    (6, 7, 4, 8, 4, (3, 3), (2, 2), "same", (1, 1)),  # depthwise: groups = channels, 2 filters each
+    (7, 6, 6, 6, 3, (2, 3), (1, 2), "valid", (1, 1)),
+    (9, 9, 4, 4, 4, (3, 3), (1, 1), "valid", (2, 2)),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("h, w, c, f, groups, kernel, strides, padding, dilation", GROUPED_GRID)
+def test_onednn_grouped_convolution_with_bias_and_relu_equals_lax_in_values_and_gradients(
+        h, w, c, f, groups, kernel, strides, padding, dilation):
+    """The bias and ReLU fused in oneDNN against lax's convolution, bias add and ReLU. The ReLU's
+    gradient is compared with the mask of the same forward values (oneDNN's): a pre-activation within
+    rounding of 0 may fall on either side, and one flipped mask element changes a gradient."""
+    rng = np.random.default_rng(groups * 100 + h)
+    x = jnp.asarray(rng.normal(size=(2, h, w, c)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(*kernel, c // groups, f)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(f,)), jnp.float32)
+    args = dict(strides=strides, padding=padding, dilation=dilation, groups=groups)
+    y = lowerings.onednn_conv(x, k, b, activation="relu", **args)
+    mask = y > 0
+    cotangent = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+
+    def reference(x, k, b):
+        pads = lowerings.conv_pads((h, w), kernel, strides, padding, dilation)
+        z = lax.conv_general_dilated(x, k, strides, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+        return jnp.where(mask, z, 0.0)
+
+    np.testing.assert_allclose(y, reference(x, k, b), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda *a: jnp.sum(cotangent * lowerings.onednn_conv(*a, activation="relu", **args)),
+                     argnums=(0, 1, 2))(x, k, b)
+    grads_ref = jax.grad(lambda *a: jnp.sum(cotangent * reference(*a)), argnums=(0, 1, 2))(x, k, b)
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+TRANSPOSE_GRID = [  # (input h, w, kernel, strides, pads, dilation)
+    (5, 4, (3, 3), (2, 2), ((1, 2), (1, 2)), (1, 1)),
+    (4, 4, (2, 3), (1, 2), ((1, 1), (2, 2)), (1, 1)),
+    (3, 5, (3, 3), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    (4, 3, (3, 2), (1, 1), ((4, 4), (1, 2)), (2, 1)),
+    (3, 3, (4, 4), (3, 3), ((3, 4), (3, 3)), (1, 1)),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("h, w, kernel, strides, pads, dilation", TRANSPOSE_GRID)
+def test_onednn_transposed_convolution_equals_lax_in_values_and_gradients(h, w, kernel, strides, pads, dilation):
+    rng = np.random.default_rng(h * 10 + w)
+    x = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(*kernel, 4, 3)), jnp.float32)  # Keras's layout: (kh, kw, filters, in)
+
+    def run(transpose):
+        (_, y), grads = jax.value_and_grad(lambda x, k: (jnp.sum(jnp.sin(y := transpose(x, k))), y),
+                                           argnums=(0, 1), has_aux=True)(x, k)
+        return y, grads
+
+    y_ref, grads_ref = run(lambda x, k: lax.conv_transpose(x, k, strides, pads, rhs_dilation=dilation,
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                           transpose_kernel=True))
+    y, grads = run(lambda x, k: lowerings.onednn_conv_transpose(x, k, strides=strides, padding=pads,
+                                                               dilation=dilation))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("pool, h, w", [((2, 2), 8, 6), ((3, 3), 9, 3), ((2, 1), 4, 5), ((1, 1), 3, 3)])
@@ -117,10 +228,12 @@ def test_the_fast_cpu_context_changes_the_training_rule_without_xla_flags(monkey
     # this process's context reads the flags when a module is built
     assert not LoweringContext.of_process().fast_cpu
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
-    assert LoweringContext.of_process() == LoweringContext(jax.default_backend(), fast_cpu=True)
+    context = LoweringContext.of_process()
+    assert dataclasses.replace(context, onednn=False, onednn_missing=None) == LoweringContext(
+        jax.default_backend(), fast_cpu=True)
 
 
-def test_the_lowering_is_described_in_a_few_plain_words():
+def test_the_lowering_is_described_in_a_few_plain_words(without_onednn):
     assert lowerings.describe_conv((8, 8), CPU, in_channels=256) == "lax.conv; patches if batch<=8"
     assert lowerings.describe_conv((32, 32), CPU, in_channels=3) == "lax.conv; patches if batch<=8 or training"
     assert lowerings.describe_conv((2, 2), CPU, in_channels=512) == "patches"
@@ -133,7 +246,7 @@ def test_the_lowering_is_described_in_a_few_plain_words():
     assert lowerings.describe_pool((8, 8), (3, 3), (2, 2), "valid") == "reduce_window"
 
 
-def test_the_summary_shows_the_lowering_and_a_config_can_force_one(tmp_path):
+def test_the_summary_shows_the_lowering_and_a_config_can_force_one(tmp_path, without_onednn):
     model = jaxcnn.load("configs/vgg11_32.toml")
     rows = model.summarize().rows
     both, batch = "lax.conv; patches on CPU if batch<=8 or training", "lax.conv; patches on CPU if batch<=8"
@@ -149,11 +262,12 @@ def test_the_summary_shows_the_lowering_and_a_config_can_force_one(tmp_path):
     with pytest.raises(ImpossibleShapeError, match=r"layer 0 'max_pooling2d' \(MaxPooling2D\): lowering='reshape' "
                                                    r"needs windows that tile the input"):
         jaxcnn.Sequential([MaxPooling2D(3, strides=2, lowering="reshape", input_shape=(9, 9, 1))]).plan()
-    with pytest.raises(LayerArgumentError, match=r"`lowering` \(='im2col'\) must be one of 'auto', 'conv', 'patches'"):
+    with pytest.raises(LayerArgumentError, match=r"`lowering` \(='im2col'\) must be one of 'auto', 'conv', 'patches', "
+                                                 r"'onednn'"):
         Conv2D(4, 3, lowering="im2col")
 
 
-def test_a_whole_model_trains_the_same_under_either_lowering():
+def test_a_whole_model_trains_the_same_under_either_lowering(without_onednn):
     """A step with every convolution forced to lax.conv equals one with every convolution forced to
     patches (to float32 rounding), and the automatic choice (patches at batch 4 on CPU, as the
     compiled HLO shows) equals both."""

@@ -457,12 +457,14 @@ def _apply_activation(name: str | None, x: jax.Array) -> jax.Array:
     return x if name is None else ACTIVATIONS[name](x)
 
 
-def _finish(layer: Layer, module: Any, y: jax.Array) -> jax.Array:
-    """A weighted layer's output: its activation applied, and its activity regularizer's penalty
+def _finish(layer: Layer, module: Any, y: jax.Array, *, activated: bool = False) -> jax.Array:
+    """A weighted layer's output: its activation applied (unless ``activated``: a oneDNN
+    convolution applied it already), and its activity regularizer's penalty
     recorded per example (``(batch,)``, in the ``"losses"`` collection where the caller made it
     mutable: the training and evaluation steps add its mean over the real examples to the loss,
     Keras's penalty divided by the batch size)."""
-    y = _apply_activation(layer.activation, y)
+    if not activated:
+        y = _apply_activation(layer.activation, y)
     regularizer = getattr(layer, "activity_regularizer", None)
     if regularizer is not None and module.is_mutable_collection("losses") and not module.is_initializing():
         module.sow("losses", "activity", jax.vmap(regularizer)(y.astype(jnp.float32)))

@@ -6,6 +6,11 @@ form: :mod:`jaxcnn.layers.initializers`), ``*_regularizer`` and ``activity_regul
 ``*_constraint`` (:mod:`jaxcnn.layers.weights`), ``trainable``, and ``data_format``
 (``"channels_last"`` only). ``strides > 1`` together with ``dilation_rate > 1`` is refused, as
 Keras refuses it for convolutions.
+
+jaxcnn's ``lowering`` field picks the XLA program (:mod:`jaxcnn.lowerings`): ``"auto"`` (the
+measured rule), ``"conv"`` (``lax``), ``"patches"`` (Conv2D without groups only) or ``"onednn"``
+(:mod:`jaxcnn.onednn`'s custom calls, where the module may use them; elsewhere the automatic choice).
+With ``"onednn"`` the bias and a ReLU activation run inside oneDNN's convolution (post-ops).
 """
 
 from __future__ import annotations
@@ -53,11 +58,37 @@ def _refuse_strided_dilation(layer: _Windowed) -> None:
             layer_type=layer.type)
 
 
-def _bias(layer: Any, module: Any, y: jax.Array, size: int) -> jax.Array:
+def _bias_param(layer: Any, module: Any, size: int) -> jax.Array | None:
+    """The layer's bias ``(size,)`` (float32), or ``None`` without ``use_bias``."""
     if not layer.use_bias:
-        return y
-    bias = module.param("bias", initializer_fn(layer.bias_initializer), (size,), jnp.float32)
-    return y + bias.astype(y.dtype)
+        return None
+    return module.param("bias", initializer_fn(layer.bias_initializer), (size,), jnp.float32)
+
+
+def _bias(layer: Any, module: Any, y: jax.Array, size: int) -> jax.Array:
+    bias = _bias_param(layer, module, size)
+    return y if bias is None else y + bias.astype(y.dtype)
+
+
+def _onednn(layer: Any, module: Any, x: jax.Array, kernel: jax.Array, size: int, groups: int) -> jax.Array:
+    """``layer``'s convolution of ``x`` with the float32 ``kernel`` in oneDNN, its bias (``(size,)``)
+    and a ReLU activation fused, the rest of the activation and the regularizer applied after."""
+    fused = layer.activation == "relu"
+    y = lowerings.onednn_conv(x, kernel, _bias_param(layer, module, size), strides=layer.strides,
+                              padding=layer.padding, dilation=layer.dilation_rate, groups=groups,
+                              activation="relu" if fused else None)
+    return _finish(layer, module, y, activated=fused)
+
+
+def _unpatched_lowering(layer: Any, context: lowerings.LoweringContext) -> str:
+    """``"conv"`` or ``"onednn"`` for a layer without a patches program, its field and ``context``."""
+    return lowerings.forced_lowering(layer.lowering, context) or lowerings.choose_unpatched(context)
+
+
+def _describe_unpatched(layer: Any, context: lowerings.LoweringContext | None) -> str:
+    if layer.lowering != "auto":
+        return lowerings.display_name(layer.lowering)
+    return lowerings.describe_unpatched(context)
 
 
 def _bias_text(layer: Any, n: int) -> tuple[str, int]:
@@ -93,7 +124,7 @@ class Conv2D(_Windowed):
     activity_regularizer: Any = None
     kernel_constraint: Any = None
     bias_constraint: Any = None
-    lowering: str = "auto"  # jaxcnn's: "auto" (chosen from the shapes), "conv" or "patches"
+    lowering: str = "auto"  # jaxcnn's: "auto" (chosen from the shapes), "conv", "patches" or "onednn"
 
     has_params: ClassVar[bool] = True
     weight_args: ClassVar[dict[str, str]] = _WEIGHT_ARGS
@@ -118,7 +149,7 @@ class Conv2D(_Windowed):
                         f"evenly divisible by the number of groups (Keras), got filters={self.filters}")
         if self.groups > 1 and self.lowering == "patches":
             raise _fail(t, "lowering", self.lowering, "cannot be 'patches' with groups > 1: a grouped "
-                        "convolution is lowered as lax.conv ('conv' or 'auto')")
+                        "convolution is lowered as lax.conv or in oneDNN ('conv', 'onednn' or 'auto')")
         _refuse_strided_dilation(self)
 
     def _in_channels(self, input_shape: Shape) -> int:
@@ -166,17 +197,16 @@ class Conv2D(_Windowed):
 
     def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
                      train: bool = False) -> str:
-        if self.groups > 1:
-            return "conv"
-        if self.lowering != "auto":
-            return self.lowering
+        forced = lowerings.forced_lowering(self.lowering, context)
+        if forced is not None:
+            return forced
         h, w, _ = self.output_shape(tuple(input_shape))
         return lowerings.choose_conv((h, w), context, batch, train=train, in_channels=input_shape[-1],
-                                     taps=self.kernel_size[0] * self.kernel_size[1])
+                                     taps=self.kernel_size[0] * self.kernel_size[1], groups=self.groups)
 
     def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
         if self.groups > 1 or self.lowering != "auto":
-            return lowerings.display_name("conv" if self.groups > 1 else self.lowering)
+            return _describe_unpatched(self, context)
         h, w, _ = self.output_shape(tuple(input_shape))
         return lowerings.describe_conv((h, w), context, in_channels=input_shape[-1],
                                        taps=self.kernel_size[0] * self.kernel_size[1])
@@ -184,6 +214,9 @@ class Conv2D(_Windowed):
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         kernel = module.param("kernel", initializer_fn(self.kernel_initializer),
                               (*self.kernel_size, x.shape[-1] // self.groups, self.filters), jnp.float32)
+        lowering = self.lowering_for(x.shape[1:], module.lowering, batch=x.shape[0], train=train)
+        if lowering == "onednn":
+            return _onednn(self, module, x, kernel, self.filters, self.groups)
         kernel = kernel.astype(x.dtype)
         if self.groups > 1:
             y = lax.conv_general_dilated(x, kernel, window_strides=self.strides, padding=self.padding.upper(),
@@ -191,9 +224,7 @@ class Conv2D(_Windowed):
                                          feature_group_count=self.groups)
         else:
             y = lowerings.conv(x, kernel, strides=self.strides, padding=self.padding,
-                               dilation=self.dilation_rate,
-                               lowering=self.lowering_for(x.shape[1:], module.lowering, batch=x.shape[0],
-                                                          train=train))
+                               dilation=self.dilation_rate, lowering=lowering)
         return _finish(self, module, _bias(self, module, y, self.filters))
 
 
@@ -225,6 +256,7 @@ class DepthwiseConv2D(_Windowed):
     activity_regularizer: Any = None
     depthwise_constraint: Any = None
     bias_constraint: Any = None
+    lowering: str = "auto"  # jaxcnn's: "auto", "conv" or "onednn"
 
     has_params: ClassVar[bool] = True
     weight_args: ClassVar[dict[str, str]] = {"kernel": "depthwise", "bias": "bias"}
@@ -240,6 +272,7 @@ class DepthwiseConv2D(_Windowed):
             depth_multiplier=_positive_int(t, "depth_multiplier", self.depth_multiplier),
             data_format=_data_format(t, self.data_format),
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
+            lowering=_choice(t, "lowering", self.lowering, lowerings.UNPATCHED_LOWERINGS),
             **_weights(self, {"depthwise": 4}),
         )
         _refuse_strided_dilation(self)
@@ -275,11 +308,22 @@ class DepthwiseConv2D(_Windowed):
         eff = tuple((f - 1) * d + 1 for f, d in zip(self.kernel_size, self.dilation_rate))
         return eff, self.strides
 
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
+                     train: bool = False) -> str:
+        del input_shape, batch, train
+        return _unpatched_lowering(self, context)
+
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
+        del input_shape
+        return _describe_unpatched(self, context)
+
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
         c, m = x.shape[-1], self.depth_multiplier
         kernel = module.param("kernel", initializer_fn(self.depthwise_initializer),
                               (*self.kernel_size, c, m), jnp.float32)
+        if self.lowering_for(x.shape[1:], module.lowering) == "onednn":  # groups = C, kernel (kh, kw, 1, C*m)
+            return _onednn(self, module, x, kernel.reshape(*self.kernel_size, 1, c * m), c * m, c)
         y = _depthwise(x, kernel.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
         return _finish(self, module, _bias(self, module, y, c * m))
 
@@ -327,6 +371,7 @@ class SeparableConv2D(_Windowed):
     depthwise_constraint: Any = None
     pointwise_constraint: Any = None
     bias_constraint: Any = None
+    lowering: str = "auto"  # jaxcnn's: "auto", "conv" or "onednn" (both of its convolutions)
 
     has_params: ClassVar[bool] = True
     weight_args: ClassVar[dict[str, str]] = {"depthwise_kernel": "depthwise",
@@ -344,6 +389,7 @@ class SeparableConv2D(_Windowed):
             data_format=_data_format(t, self.data_format),
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
             depth_multiplier=_positive_int(t, "depth_multiplier", self.depth_multiplier),
+            lowering=_choice(t, "lowering", self.lowering, lowerings.UNPATCHED_LOWERINGS),
             **_weights(self, {"depthwise": 4, "pointwise": 4}),
         )
         _refuse_strided_dilation(self)
@@ -387,10 +433,26 @@ class SeparableConv2D(_Windowed):
                                  (*self.kernel_size, c, m), jnp.float32)
         pointwise = module.param("pointwise_kernel", initializer_fn(self.pointwise_initializer),
                                  (1, 1, c * m, self.filters), jnp.float32)
+        if self.lowering_for(x.shape[1:], module.lowering) == "onednn":
+            y = lowerings.onednn_conv(x, depthwise.reshape(*self.kernel_size, 1, c * m), strides=self.strides,
+                                      padding=self.padding, dilation=self.dilation_rate, groups=c)
+            fused = self.activation == "relu"
+            y = lowerings.onednn_conv(y, pointwise, _bias_param(self, module, self.filters), strides=(1, 1),
+                                      padding="valid", dilation=(1, 1), activation="relu" if fused else None)
+            return _finish(self, module, y, activated=fused)
         y = _depthwise(x, depthwise.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
         y = lax.conv_general_dilated(y, pointwise.astype(x.dtype), window_strides=(1, 1), padding="VALID",
                                      dimension_numbers=_DIMS)
         return _finish(self, module, _bias(self, module, y, self.filters))
+
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
+                     train: bool = False) -> str:
+        del input_shape, batch, train
+        return _unpatched_lowering(self, context)
+
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
+        del input_shape
+        return _describe_unpatched(self, context)
 
 
 def _transpose_pads(kernel: int, stride: int, dilation: int, padding: str,
@@ -457,6 +519,7 @@ class Conv2DTranspose(_Windowed):
     activity_regularizer: Any = None
     kernel_constraint: Any = None
     bias_constraint: Any = None
+    lowering: str = "auto"  # jaxcnn's: "auto", "conv" or "onednn"
 
     has_params: ClassVar[bool] = True
     weight_args: ClassVar[dict[str, str]] = _WEIGHT_ARGS
@@ -466,6 +529,7 @@ class Conv2DTranspose(_Windowed):
         t = self.type
         _set(
             self,
+            lowering=_choice(t, "lowering", self.lowering, lowerings.UNPATCHED_LOWERINGS),
             filters=_positive_int(t, "filters", self.filters),
             kernel_size=_pair(t, "kernel_size", self.kernel_size),
             strides=_pair(t, "strides", self.strides),
@@ -524,9 +588,22 @@ class Conv2DTranspose(_Windowed):
         op = self.output_padding or (None, None)
         pads = [_transpose_pads(self.kernel_size[i], self.strides[i], self.dilation_rate[i], self.padding, op[i])
                 for i in range(2)]
-        y = lax.conv_transpose(x, kernel.astype(x.dtype), self.strides, pads, rhs_dilation=self.dilation_rate,
-                               dimension_numbers=_DIMS, transpose_kernel=True)
+        if self.lowering_for(x.shape[1:], module.lowering) == "onednn":
+            y = lowerings.onednn_conv_transpose(x, kernel, strides=self.strides, padding=(pads[0], pads[1]),
+                                                dilation=self.dilation_rate)
+        else:
+            y = lax.conv_transpose(x, kernel.astype(x.dtype), self.strides, pads, rhs_dilation=self.dilation_rate,
+                                   dimension_numbers=_DIMS, transpose_kernel=True)
         return _finish(self, module, _bias(self, module, y, self.filters))
+
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
+                     train: bool = False) -> str:
+        del input_shape, batch, train
+        return _unpatched_lowering(self, context)
+
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
+        del input_shape
+        return _describe_unpatched(self, context)
 
 
 def _output_padding(layer: str, value: Any) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ class _Pooling2D(_Windowed):
     strides: int | tuple[int, int] | None = None
     padding: str = "valid"
     data_format: str | None = "channels_last"  # Keras's; "channels_first" is refused
-    lowering: str = "auto"  # jaxcnn's: "auto", "reduce_window" or "reshape" (tiling windows only)
+    lowering: str = "auto"  # jaxcnn's: "auto", "reduce_window", "reshape" (tiling windows only) or "onednn"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,8 +47,9 @@ class _Pooling2D(_Windowed):
                      train: bool = False) -> str:
         del batch, train
         self._forced_lowering_applies(input_shape)
-        if self.lowering != "auto":
-            return self.lowering
+        forced = lowerings.forced_lowering(self.lowering, context)
+        if forced is not None:
+            return forced
         return lowerings.choose_pool(tuple(input_shape[:2]), self.pool_size, self.strides, self.padding, context)
 
     def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
@@ -102,12 +103,7 @@ class AveragePooling2D(_Pooling2D):
 
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
-        args = self._window_args(module, x)
-        total = lowerings.sum_pool(x, **args)
-        if self.padding == "valid":
-            return total / (self.pool_size[0] * self.pool_size[1])
-        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-        return total / lowerings.sum_pool(ones, **{**args, "lowering": "reduce_window"})
+        return lowerings.avg_pool(x, **self._window_args(module, x))
 
 
 @dataclasses.dataclass(frozen=True)
