@@ -30,8 +30,9 @@ DOCUMENTED = {
 
 
 def package_modules() -> list[str]:
-    """Every module of the package but ``__main__`` (the script behind ``python -m jaxcnn``)."""
-    return sorted(f"jaxcnn.{m.name}" for m in pkgutil.iter_modules(jaxcnn.__path__) if m.name != "__main__")
+    """Every public module of the package: not ``__main__`` (the script behind ``python -m jaxcnn``) nor
+    ``_onednn_ffi`` (the oneDNN extension: a plain shared library that jaxcnn.onednn loads with ctypes)."""
+    return sorted(f"jaxcnn.{m.name}" for m in pkgutil.iter_modules(jaxcnn.__path__) if not m.name.startswith("_"))
 
 
 def test_the_package_has_the_modules_it_is_known_to_have():
