@@ -27,7 +27,7 @@ from jaxcnn.errors import ExportError, JaxcnnError
 from jaxcnn.files import atomic_path
 from jaxcnn.train import CompiledModel, compile, params_sha256
 
-__all__ = ["PLATFORMS", "checkpoint_folder", "export_model", "forward_function"]
+__all__ = ["PLATFORMS", "checkpoint_folder", "export_model", "forward_function", "without_onednn"]
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -43,9 +43,20 @@ def checkpoint_folder(path: str | os.PathLike[str]) -> pathlib.Path:
                       source=str(path))
 
 
+def without_onednn(compiled: CompiledModel) -> CompiledModel:
+    """``compiled`` with its lowerings chosen without oneDNN: ``jax.export`` refuses oneDNN's custom
+    calls, so an export traces the lowerings XLA has (lax.conv, patches, reduce_window)."""
+    if not compiled.module.lowering.onednn:
+        return compiled
+    return dataclasses.replace(compiled, module=compiled.module.clone(
+        lowering=dataclasses.replace(compiled.module.lowering, onednn=False)))
+
+
 def forward_function(compiled: CompiledModel, treedef: Any) -> Any:
     """``f(leaves, images) -> outputs``: the inference forward pass over flat parameters, the
-    model's head (softmax/sigmoid) applied, in the compiled model's precision, float32 out."""
+    model's head (softmax/sigmoid) applied, in the compiled model's precision, float32 out; traced
+    without oneDNN's custom calls, which ``jax.export`` refuses (XLA's own lowerings instead)."""
+    compiled = without_onednn(compiled)
 
     def forward(leaves: list[jax.Array], images: jax.Array) -> jax.Array:
         variables = jax.tree.unflatten(treedef, leaves)
@@ -80,9 +91,7 @@ def export_model(
         compiled = compile(model, "sgd", precision=precision)  # the optimizer plays no part in serving
     except JaxcnnError as error:
         raise error.located(source=source) from None
-    # jax.export refuses oneDNN's custom calls: the export traces the lowerings XLA has (lax.conv, patches).
-    compiled = dataclasses.replace(compiled, module=compiled.module.clone(
-        lowering=dataclasses.replace(compiled.module.lowering, onednn=False)))
+    compiled = without_onednn(compiled)
     folder = checkpoint_folder(checkpoint)
     abstract = compiled.abstract_state()
     restored = Checkpoints(folder, fingerprint=model_fingerprint(model), keep=10**6).restore_variables(

@@ -5,10 +5,13 @@ Run:  python tests/data/keras_applications/step_and_export.py NAME [NAME ...]
 core: a step's compilation takes 5 to 600 s on a 2-core CPU, mostly on one thread).
 
 For each architecture, at the small input size Keras built it at (make_fixtures.py): the model read from
-its Keras JSON, one SGD step on 2 random images (the loss finite, no non-finite value counted, the step
-counter at 1), then its forward pass exported with ``jax.export`` for a symbolic batch, as
-``jaxcnn export`` does, called on the same images and compared with the jitted ``predict``. Prints one
-JSON line per architecture: ``{"name", "loss", "nonfinite", "step", "export_max_abs_diff",
+its Keras JSON, one SGD step on 2 random images (the loss finite, no non-finite value counted, every
+updated weight finite, the step counter at 1), then its forward pass exported with ``jax.export`` for
+a symbolic batch, as ``jaxcnn export`` does, serialized, reloaded, called on the same images and
+compared with the jitted ``predict``. The export carries the initial weights: one step on 2 images
+through BatchNormalization layers on 1x1 maps (the variance of two values, nearly 0) grows ResNet50V2's
+first kernel to 2.6e7, and its predictions then overflow, as Keras's would. Prints one JSON line per
+architecture: ``{"name", "loss", "nonfinite", "step", "finite_weights", "export_max_abs_diff",
 "predict_max_abs", "seconds"}``, or ``{"name", "error"}`` (the exception in one line) and goes on.
 """
 
@@ -45,8 +48,11 @@ def step_and_export(name: str) -> dict:
     rng = np.random.default_rng(0)
     images = rng.random((2, *model.input_shape), np.float32)
     labels = rng.integers(0, model.output_shape[-1], size=2).astype(np.int32)
-    state, metrics = compiled.train_step(compiled.init(0), (images, labels))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    initial = compiled.init(0)
+    variables = {"params": initial.params, "batch_stats": initial.batch_stats}
+    predicted = np.asarray(compiled.predict(initial, images))
+    state, metrics = compiled.train_step(compiled.init(0), (images, labels))  # the step donates its state
+    finite = all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree.leaves((state.params, state.batch_stats)))
     leaves, treedef = jax.tree.flatten(variables)
     batch = jax.export.symbolic_shape("b")[0]
     exported = jax.export.export(jax.jit(forward_function(compiled, treedef)), platforms=("cpu",))(
@@ -54,9 +60,9 @@ def step_and_export(name: str) -> dict:
         jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32))
     reloaded = jax.export.deserialize(exported.serialize())
     served = np.asarray(reloaded.call(leaves, images))
-    predicted = np.asarray(compiled.predict(state, images))
     return {"name": name, "loss": float(metrics.loss), "nonfinite": float(metrics.nonfinite),
-            "step": int(state.step), "export_max_abs_diff": float(np.max(np.abs(served - predicted))),
+            "step": int(state.step), "finite_weights": finite,
+            "export_max_abs_diff": float(np.max(np.abs(served - predicted))),
             "predict_max_abs": float(np.max(np.abs(predicted))), "seconds": time.perf_counter() - start}
 
 
