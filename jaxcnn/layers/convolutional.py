@@ -91,6 +91,20 @@ def _describe_unpatched(layer: Any, context: lowerings.LoweringContext | None) -
     return lowerings.describe_unpatched(context)
 
 
+class _Unpatched:
+    """The lowering of a convolution without a patches program (depthwise, separable, transposed):
+    ``"conv"`` or ``"onednn"``, from its ``lowering`` field and the context alone."""
+
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
+                     train: bool = False) -> str:
+        del input_shape, batch, train
+        return _unpatched_lowering(self, context)
+
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
+        del input_shape
+        return _describe_unpatched(self, context)
+
+
 def _bias_text(layer: Any, n: int) -> tuple[str, int]:
     return (f" + {n}", n) if layer.use_bias else ("", 0)
 
@@ -229,7 +243,7 @@ class Conv2D(_Windowed):
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthwiseConv2D(_Windowed):
+class DepthwiseConv2D(_Unpatched, _Windowed):
     """``DepthwiseConv2D(kernel_size, strides=1, padding="valid", depth_multiplier=1,
     data_format=None, dilation_rate=1, activation=None, use_bias=True,
     depthwise_initializer="glorot_uniform", bias_initializer="zeros", depthwise_regularizer=None,
@@ -308,15 +322,6 @@ class DepthwiseConv2D(_Windowed):
         eff = tuple((f - 1) * d + 1 for f, d in zip(self.kernel_size, self.dilation_rate))
         return eff, self.strides
 
-    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
-                     train: bool = False) -> str:
-        del input_shape, batch, train
-        return _unpatched_lowering(self, context)
-
-    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
-        del input_shape
-        return _describe_unpatched(self, context)
-
     def forward(self, module: Any, x: jax.Array, *, train: bool) -> jax.Array:
         del train
         c, m = x.shape[-1], self.depth_multiplier
@@ -339,7 +344,7 @@ def _depthwise(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], paddin
 
 
 @dataclasses.dataclass(frozen=True)
-class SeparableConv2D(_Windowed):
+class SeparableConv2D(_Unpatched, _Windowed):
     """``SeparableConv2D(filters, kernel_size, strides=1, padding="valid", data_format=None,
     dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True,
     depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
@@ -445,15 +450,6 @@ class SeparableConv2D(_Windowed):
                                      dimension_numbers=_DIMS)
         return _finish(self, module, _bias(self, module, y, self.filters))
 
-    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
-                     train: bool = False) -> str:
-        del input_shape, batch, train
-        return _unpatched_lowering(self, context)
-
-    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
-        del input_shape
-        return _describe_unpatched(self, context)
-
 
 def _transpose_pads(kernel: int, stride: int, dilation: int, padding: str,
                     output_padding: int | None) -> tuple[int, int]:
@@ -488,7 +484,7 @@ def _transpose_axis(axis: str, size: int, kernel: int, stride: int, dilation: in
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv2DTranspose(_Windowed):
+class Conv2DTranspose(_Unpatched, _Windowed):
     """``Conv2DTranspose(filters, kernel_size, strides=1, padding="valid", output_padding=None,
     data_format=None, dilation_rate=1, activation=None, use_bias=True,
     kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
@@ -595,15 +591,6 @@ class Conv2DTranspose(_Windowed):
             y = lax.conv_transpose(x, kernel.astype(x.dtype), self.strides, pads, rhs_dilation=self.dilation_rate,
                                    dimension_numbers=_DIMS, transpose_kernel=True)
         return _finish(self, module, _bias(self, module, y, self.filters))
-
-    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
-                     train: bool = False) -> str:
-        del input_shape, batch, train
-        return _unpatched_lowering(self, context)
-
-    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
-        del input_shape
-        return _describe_unpatched(self, context)
 
 
 def _output_padding(layer: str, value: Any) -> tuple[int, int] | None:
