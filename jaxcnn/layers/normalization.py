@@ -76,30 +76,56 @@ class BatchNormalization(Layer):
     uses_mask = True  # the training statistics are over the real examples of a padded batch
 
     def forward(self, module: Any, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """``x * inv + (beta - mean * inv)`` with ``inv = gamma * rsqrt(var + epsilon)``: Keras's own
+        arithmetic (keras/src/backend/jax/nn.py, ``batch_normalization``), two full-size operations
+        that XLA fuses with the next activation. In training the statistics are the batch's
+        (:func:`_moments`), and the moving ones are updated as Keras updates them."""
         c = x.shape[-1]
         mean = module.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         var = module.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train and self.trainable:  # a frozen BatchNormalization runs in inference mode, as Keras 3
-            axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
-            if mask is None:
-                m, v = jnp.mean(xf, axes), jnp.var(xf, axes)
-            else:  # padding (mask 0) neither counts in nor shifts the batch's mean and variance
-                w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-                n = jnp.maximum(jnp.sum(w) * math.prod(x.shape[1:-1]), 1.0)
-                m = jnp.sum(xf * w, axes) / n
-                v = jnp.sum(jnp.square(xf - m) * w, axes) / n
+            m, v = _moments(x, mask)
             if not module.is_initializing():
                 mean.value = self.momentum * mean.value + (1.0 - self.momentum) * m
                 var.value = self.momentum * var.value + (1.0 - self.momentum) * v
         else:
             m, v = mean.value, var.value
-        y = (x - m.astype(x.dtype)) * lax.rsqrt(v + self.epsilon).astype(x.dtype)
+        inv = lax.rsqrt(v + self.epsilon)
         if self.scale:
-            y = y * module.param("scale", jax.nn.initializers.ones, (c,), jnp.float32).astype(x.dtype)
+            inv = inv * module.param("scale", jax.nn.initializers.ones, (c,), jnp.float32)
+        shift = -m * inv
         if self.center:
-            y = y + module.param("bias", jax.nn.initializers.zeros, (c,), jnp.float32).astype(x.dtype)
-        return y
+            shift = shift + module.param("bias", jax.nn.initializers.zeros, (c,), jnp.float32)
+        return x * inv.astype(x.dtype) + shift.astype(x.dtype)
+
+
+def _moments(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The per-channel mean and (biased) variance of ``x`` over every axis but the last, in float32,
+    over the real examples only where ``mask`` (``(batch,)``, 0 for padding) is given.
+
+    One pass: the sums of ``x`` and of ``x**2`` in one XLA reduction, ``var = E[x**2] - E[x]**2``
+    (clamped at 0), as Flax's ``BatchNorm`` computes it by default (``use_fast_variance``). Keras's
+    ``jnp.var`` takes a second pass over ``x``. One layer with a ReLU after it, forward and backward
+    at batch 128 (experiments/bench_batchnorm.py): on 32x32x16 maps 4.4 ms, against 5.6 ms with the
+    two-pass variance, 23.3 ms for the earlier ``(x - mean) * rsqrt(var) * gamma + beta`` (XLA fused
+    it badly with the ReLU) and 6.8 ms for PyTorch's BatchNorm2d and ReLU; the gradients agree
+    within 1e-6 with the earlier form's. In ResNet-20's training step this took BatchNormalization
+    from 153 to 55 ms of 380 (experiments/profile_step.py). The
+    difference from the two-pass variance is rounding, which grows where a channel's mean is large
+    against its spread (a mean 1e3 times the standard deviation loses about 6 of float32's 7 digits
+    of the variance)."""
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    if mask is None:
+        n = math.prod(x.shape[:-1])
+        s1, s2 = jnp.sum(xf, axes), jnp.sum(xf * xf, axes)
+    else:  # padding (mask 0) neither counts in nor shifts the batch's statistics
+        w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        n = jnp.maximum(jnp.sum(w) * math.prod(x.shape[1:-1]), 1.0)
+        xw = xf * w
+        s1, s2 = jnp.sum(xw, axes), jnp.sum(xw * xf, axes)
+    m = s1 / n
+    return m, jnp.maximum(s2 / n - m * m, 0.0)
 
 
 def _epsilon(layer: str, value: Any) -> float:
