@@ -42,6 +42,9 @@ _TARGETS = ("conv_fwd", "conv_bwd_data", "conv_bwd_weights",
 # each call) rather than HWIO as given. Measured at the seed CIFAR CNN's shapes
 # (experiments/bench_onednn_kernels.py): with HWIO the backward primitives fall back to kernels 5-30x
 # slower; the forward runs oneDNN's brgconv on HWIO as fast as on its own layout and skips the reorder.
+# Not so a grouped forward: with HWIO weights oneDNN runs a depthwise 3x3 as a grouped brgconv, 3.2-15 ms
+# at the MobileNetV2-style net's shapes at batch 128, against 0.12-0.20 ms for its depthwise kernel
+# (brdgmm_dw) on its own layout; so grouped convolutions (groups > 1) take oneDNN's layout everywhere.
 # bfloat16 always takes oneDNN's layout, the weights being converted anyway.
 _BLOCKED_WEIGHTS = {"conv_fwd": False, "conv_bwd_data": True, "conv_bwd_weights": True}
 # bfloat16 weight gradients only from this many input channels per group: below it oneDNN's bfloat16
@@ -196,7 +199,7 @@ class _Conv(NamedTuple):
         """The FFI attributes of handler ``jaxcnn_onednn_<target>``."""
         return {"strides": np.array(self.strides, np.int64), "padding": np.array(self.padding, np.int64),
                 "dilation": np.array(self.dilation, np.int64), "groups": self.groups, "bf16": self.bf16,
-                "blocked": self.bf16 or _BLOCKED_WEIGHTS[target]}
+                "blocked": self.bf16 or self.groups > 1 or _BLOCKED_WEIGHTS[target]}
 
     def out_shape(self, x: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[int, int, int, int]:
         (kh, kw), (dh, dw) = kernel[:2], self.dilation
