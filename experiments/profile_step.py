@@ -2,7 +2,8 @@
 
 Run:   python experiments/profile_step.py [--config configs/cifar_cnn.toml] [--input-shape H,W,C] [--batch 128]
                                           [--optimizer adam|sgd] [--steps 10] [--lowering conv|patches|onednn]
-Writes experiments/results/profile_step_<config>.json and prints the table.
+                                          [--precision float32|bfloat16]
+Writes experiments/results/profile_step_<config>[_bfloat16].json and prints the table.
 
 How: the step is traced by ``jax.profiler`` (its Perfetto export), in which XLA's CPU runtime records
 one event per thunk, named after the optimized HLO instruction it runs. Each instruction of the
@@ -193,6 +194,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lowering", choices=("conv", "patches", "onednn"),
                         help="force the convolutions (and, for onednn, the pools) to this lowering, as bench_cpu.py does")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="the compute precision (jaxcnn.compile's precision)")
     args = parser.parse_args()
 
     doc = read_document(args.config)
@@ -200,7 +203,8 @@ def main() -> None:
                       require_input_shape=True)
     if args.input_shape:
         model = model.with_input_shape(args.input_shape)
-    compiled = jaxcnn.compile(model, OPTIMIZERS[args.optimizer], "sparse_categorical_crossentropy")
+    compiled = jaxcnn.compile(model, OPTIMIZERS[args.optimizer], "sparse_categorical_crossentropy",
+                              precision=args.precision)
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.normal(size=(args.batch, *model.input_shape)).astype(np.float32))
     y = jax.device_put(rng.integers(0, model.output_shape[-1], args.batch).astype(np.int32))
@@ -270,9 +274,11 @@ def main() -> None:
           f"{looped:.2f} ms a step dispatched and merged without waiting, against {wall:.2f} ms waited on")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"profile_step_{model.name}.json"
+    suffix = "" if args.precision == "float32" else f"_{args.precision}"
+    out = RESULTS / f"profile_step_{model.name}{suffix}.json"
     out.write_text(json.dumps({
         "model": model.name, "batch": args.batch, "optimizer": args.optimizer, "lowering": args.lowering,
+        "precision": args.precision,
         "jax": jax.__version__, "load_average": os.getloadavg(), "step_ms": wall, "thunks_ms": total, "flops": cost.get("flops"),
         "categories": rows, "layers": details,
         "top_thunks": [{"ms": ms, "name": n, "opcode": o, "where": d} for ms, n, o, d in sorted(top, reverse=True)[:20]],

@@ -167,6 +167,15 @@ class LoweringContext:
         the backend is the CPU, the extension is available, the module is not partitioned and not
         being exported (``jax.export`` refuses the custom calls; :mod:`jaxcnn.export` clears this).
         Always ``False`` off CPU or when ``partitioned``, whatever is passed.
+      bfloat16_convolutions: every convolution runs in oneDNN's bfloat16 kernels (float32 in and out,
+        float32 accumulation), the activations between layers and every other layer staying float32:
+        the CPU form of ``precision = "bfloat16"`` (:func:`jaxcnn.train.compile` sets it where the
+        CPU has native bfloat16 kernels). Measured on the 2-core Zen 4 (experiments/bench_cpu.py):
+        computing the whole step in bfloat16 made XLA's elementwise work and BatchNormalization
+        slower than in float32 (ResNet-20 304 against 219 ms a step, the MobileNetV2-style net 205
+        against 51 ms), while oneDNN's bfloat16 convolutions run at about twice their float32 speed
+        (VGG-11/32 with every convolution in them: 222 ms against 357 in float32). ``False`` where
+        ``onednn`` is.
       onednn_missing: why oneDNN cannot be used in a context that would otherwise use it (the
         extension's :func:`jaxcnn.onednn.unavailable_reason`), set by :meth:`of_process`; a layer
         forced to ``lowering="onednn"`` is then refused when its module is built
@@ -180,11 +189,14 @@ class LoweringContext:
     assumed_batch: int | None = None
     onednn: bool = False
     onednn_missing: str | None = None
+    bfloat16_convolutions: bool = False
 
     def __post_init__(self) -> None:
         if self.backend != "cpu" or self.partitioned:
             object.__setattr__(self, "onednn", False)
             object.__setattr__(self, "onednn_missing", None)
+        if not self.onednn:
+            object.__setattr__(self, "bfloat16_convolutions", False)
 
     @classmethod
     def of_process(cls, *, partitioned: bool = False) -> LoweringContext:
@@ -218,6 +230,8 @@ def choose_conv(output_hw: tuple[int, int], context: LoweringContext, batch: obj
         return choose_unpatched(context)
     if context.backend != "cpu" or context.partitioned:
         return "conv"
+    if context.bfloat16_convolutions:  # oneDNN's bfloat16 kernels, whatever the shapes
+        return "onednn"
     if not isinstance(batch, int):
         batch = context.assumed_batch
     positions = output_hw[0] * output_hw[1]
@@ -342,21 +356,24 @@ def conv_pads(input_hw: tuple[int, int], kernel_hw: tuple[int, int], strides: tu
     return (pt, pb), (pl, pr)
 
 
-def _onednn_dtypes(x: jax.Array) -> tuple[jax.Array, object]:
-    """oneDNN takes float32 arrays; a bfloat16 step computes in its bfloat16 kernels instead."""
-    return x.astype(jnp.float32), None if x.dtype == jnp.float32 else x.dtype
+def _onednn_dtypes(x: jax.Array, bfloat16: bool) -> tuple[jax.Array, object]:
+    """oneDNN takes float32 arrays; a bfloat16 ``x`` (a step computed in bfloat16) or ``bfloat16``
+    (:attr:`LoweringContext.bfloat16_convolutions`) computes in its bfloat16 kernels instead."""
+    return x.astype(jnp.float32), jnp.bfloat16 if bfloat16 or x.dtype == jnp.bfloat16 else None
 
 
 def onednn_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, strides: tuple[int, int],
-                padding: str, dilation: tuple[int, int], groups: int = 1, activation: str | None = None) -> jax.Array:
+                padding: str, dilation: tuple[int, int], groups: int = 1, activation: str | None = None,
+                bfloat16: bool = False) -> jax.Array:
     """:func:`jaxcnn.onednn.conv` for Keras's ``padding`` and any input dtype: ``(N, H, W, C)`` and
     ``(KH, KW, C // groups, F)`` to ``(N, H_out, W_out, F)`` in ``x``'s dtype, plus ``bias`` ``(F,)``,
-    then ReLU where ``activation == "relu"`` (oneDNN's post-ops). A ``bfloat16`` ``x`` runs oneDNN's
-    bfloat16 kernels with float32 parameters and accumulation."""
+    then ReLU where ``activation == "relu"`` (oneDNN's post-ops). A ``bfloat16`` ``x``, or
+    ``bfloat16=True`` for a float32 one, runs oneDNN's bfloat16 kernels with float32 parameters and
+    accumulation."""
     from jaxcnn import onednn
 
     pads = conv_pads(x.shape[1:3], kernel.shape[:2], strides, padding, dilation)
-    x32, compute = _onednn_dtypes(x)
+    x32, compute = _onednn_dtypes(x, bfloat16)
     y = onednn.conv(x32, kernel.astype(jnp.float32), None if bias is None else bias.astype(jnp.float32),
                     strides=strides, padding=pads, dilation=dilation, groups=groups, activation=activation,
                     compute_dtype=compute)
@@ -364,23 +381,24 @@ def onednn_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, 
 
 
 def onednn_conv_transpose(x: jax.Array, kernel: jax.Array, *, strides: tuple[int, int],
-                          padding: tuple[tuple[int, int], tuple[int, int]], dilation: tuple[int, int]) -> jax.Array:
+                          padding: tuple[tuple[int, int], tuple[int, int]], dilation: tuple[int, int],
+                          bfloat16: bool = False) -> jax.Array:
     """:func:`jaxcnn.onednn.conv_transpose` (``lax.conv_transpose(..., transpose_kernel=True)`` with
     explicit ``padding``) for any input dtype, as :func:`onednn_conv`."""
     from jaxcnn import onednn
 
-    x32, compute = _onednn_dtypes(x)
+    x32, compute = _onednn_dtypes(x, bfloat16)
     y = onednn.conv_transpose(x32, kernel.astype(jnp.float32), strides=strides, padding=padding,
                               dilation=dilation, compute_dtype=compute)
     return y.astype(x.dtype)
 
 
 def conv(x: jax.Array, kernel: jax.Array, *, strides: tuple[int, int], padding: str,
-         dilation: tuple[int, int], lowering: str) -> jax.Array:
+         dilation: tuple[int, int], lowering: str, bfloat16: bool = False) -> jax.Array:
     """A 2D convolution, NHWC input and HWIO kernel, as ``lowering`` (``"conv"``, ``"patches"`` or
-    ``"onednn"``)."""
+    ``"onednn"``; ``bfloat16``: in oneDNN's bfloat16 kernels)."""
     if lowering == "onednn":
-        return onednn_conv(x, kernel, strides=strides, padding=padding, dilation=dilation)
+        return onednn_conv(x, kernel, strides=strides, padding=padding, dilation=dilation, bfloat16=bfloat16)
     if lowering == "conv":
         return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding.upper(),
                                         rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))

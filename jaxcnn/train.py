@@ -124,7 +124,12 @@ class CompiledModel:
         (``None``: the last layer's own output, logits for a crossentropy).
       top_k: the k of the reported top-k accuracy; 0 where none is reported.
       accuracy: whether accuracy is reported (not under mean_squared_error).
-      precision: ``"float32"`` or ``"bfloat16"`` (compute dtype; parameters stay float32).
+      precision: ``"float32"`` or ``"bfloat16"`` (compute dtype; parameters stay float32). Where the
+        module's lowerings run the convolutions in oneDNN's bfloat16 kernels
+        (:attr:`~jaxcnn.lowerings.LoweringContext.bfloat16_convolutions`, a CPU with native bfloat16)
+        that is what ``"bfloat16"`` means, and the rest of the step computes in float32
+        (:attr:`compute_dtype`); elsewhere (GPU, TPU, an export, a mesh) the whole step computes in
+        bfloat16.
       on_nonfinite: ``"stop"`` or ``"skip"``: both leave the state unchanged on a non-finite step
         and count it in ``Metrics.nonfinite``; the fit loop stops on ``"stop"``.
       layout: ``None`` (one device, as ``jax.jit`` places it) or a :class:`jaxcnn.parallel.Layout`:
@@ -160,6 +165,14 @@ class CompiledModel:
             put(name, _Checked(jitted[name], name, self._check_arrays, self._check_label_range))
         put("predict", _Checked(jitted["predict"], "predict", self._check_arrays))
         put("_init", jitted["_init"])
+
+    @property
+    def compute_dtype(self) -> Any:
+        """The dtype the module computes in: ``precision``'s, but float32 where the bfloat16 lies in
+        oneDNN's convolutions (:attr:`~jaxcnn.lowerings.LoweringContext.bfloat16_convolutions`)."""
+        if self.module.lowering.bfloat16_convolutions:
+            return jnp.float32
+        return PRECISIONS[self.precision]
 
     def _jit(self) -> dict[str, Callable[..., Any]]:
         if self.layout is None:
@@ -290,7 +303,7 @@ class CompiledModel:
                  rng: jax.Array | None = None, mask: jax.Array | None = None) -> tuple[jax.Array, Any, Any]:
         """``(logits, batch_stats, activity)``: ``activity`` is the layers' recorded activity
         penalties (their ``"losses"`` collection), ``{}`` where no layer has an activity regularizer."""
-        dtype = PRECISIONS[self.precision]
+        dtype = self.compute_dtype
         variables = {"params": params, "batch_stats": batch_stats}
         collect = ["losses"] if regularizers.has_activity(self.model.layers) else []
         if train:
@@ -435,7 +448,7 @@ class CompiledModel:
         """:meth:`layer_statistics` as arrays of shape ``(layers,)``."""
         images, labels, mask = self._unpack(batch)
         rng = jax.random.fold_in(state.rng, state.step)
-        dtype = PRECISIONS[self.precision]
+        dtype = self.compute_dtype
 
         def objective(params: Any) -> tuple[jax.Array, Any]:
             outputs, _ = self.module.apply({"params": params, "batch_stats": state.batch_stats},
@@ -483,6 +496,13 @@ class CompiledModel:
         return total.compute()
 
 
+def _native_bfloat16() -> bool:
+    """Whether this CPU has oneDNN's native bfloat16 kernels (AVX512_BF16 or AMX)."""
+    from jaxcnn import onednn
+
+    return bool(onednn.info()["bfloat16"])
+
+
 def compile(  # noqa: A001  (the Keras name)
     model: Model,
     optimizer: optax.GradientTransformation | str | Mapping[str, Any] = "adam",
@@ -509,7 +529,9 @@ def compile(  # noqa: A001  (the Keras name)
       metrics: ``"accuracy"``, ``"top_k_accuracy"`` (k=5) or ``"top<k>_accuracy"``; the loss is
         always reported, and accuracy (and a top-5 above 5 classes) wherever it applies, asked or
         not. A metric asked for that cannot apply to the loss is refused.
-      precision: ``"float32"``, or ``"bfloat16"`` for bfloat16 compute with float32 parameters.
+      precision: ``"float32"``, or ``"bfloat16"`` for bfloat16 compute with float32 parameters: on a
+        CPU with oneDNN's native bfloat16 kernels, the convolutions in them and the rest in float32
+        (:attr:`CompiledModel.compute_dtype`); elsewhere the whole step.
       on_nonfinite: ``"stop"`` or ``"skip"`` (see :class:`CompiledModel`).
       total_steps: the run's length, for learning-rate schedules that need it.
       layout: a :class:`jaxcnn.parallel.Layout` for data-parallel or FSDP training over a mesh.
@@ -536,7 +558,10 @@ def compile(  # noqa: A001  (the Keras name)
         # its penalty is of the probabilities (CompiledModel._regularized_losses), not of the logits
         specs = (*specs[:-1], dataclasses.replace(specs[-1], activity_regularizer=None))
     # the lowerings for this process's backend and XLA flags (on a mesh, CompiledModel marks them partitioned)
-    module = build_module(model, LoweringContext.of_process(), specs=specs)
+    context = LoweringContext.of_process()
+    if precision == "bfloat16" and context.onednn and _native_bfloat16():
+        context = dataclasses.replace(context, bfloat16_convolutions=True)
+    module = build_module(model, context, specs=specs)
     return CompiledModel(model=model, module=module, optimizer=optimizer,
                          loss=loss, head=head, top_k=top_k, accuracy=accuracy, precision=precision,
                          on_nonfinite=on_nonfinite, layout=layout)

@@ -311,6 +311,27 @@ def test_a_bfloat16_step_computes_in_onednn_bfloat16_kernels_from_float32_arrays
     assert y.dtype == jnp.bfloat16 and fake_onednn.calls[0][1]["compute_dtype"] == jnp.bfloat16
 
 
+def test_bfloat16_convolutions_run_the_ungrouped_ones_in_bfloat16_kernels_on_float32_activations(fake_onednn):
+    """The CPU form of precision="bfloat16" (LoweringContext.bfloat16_convolutions): every convolution
+    is oneDNN's whatever its shape, the ungrouped ones (and a separable's pointwise half) in its
+    bfloat16 kernels, the grouped ones (a depthwise, a separable's depthwise half) in float32, and the
+    activations between layers stay float32."""
+    model = jaxcnn.Sequential([Conv2D(4, 3, padding="same", input_shape=(2, 2, 2)), DepthwiseConv2D(3, padding="same"),
+                               SeparableConv2D(3, 1), Flatten(), Dense(2)])
+    context = dataclasses.replace(ONEDNN, bfloat16_convolutions=True)
+    assert lowerings.choose_conv((2, 2), context, 64, train=True) == "onednn"  # patches otherwise
+    assert lowerings.choose_conv((2, 2), ONEDNN, 64, train=True) == "patches"
+    module = build_module(model, context)
+    variables = module.init(jax.random.key(0), jnp.ones((1, 2, 2, 2)))
+    fake_onednn.calls.clear()
+    outputs = module.apply(variables, jnp.ones((1, 2, 2, 2)), capture=True)
+    assert [(kw["groups"], kw["compute_dtype"]) for _, kw in fake_onednn.calls] == [
+        (1, jnp.bfloat16), (4, None), (4, None), (1, jnp.bfloat16)]
+    assert {y.dtype for y in outputs} == {jnp.dtype(jnp.float32)}
+    assert not dataclasses.replace(context, onednn=False).bfloat16_convolutions  # nothing without oneDNN
+    assert not dataclasses.replace(context, partitioned=True).bfloat16_convolutions
+
+
 @needs_onednn
 @pytest.mark.parametrize("layer, shape", [(layer, shape) for layer, shape, _ in LAYERS],
                          ids=[f"{i}-{layer.type}" for i, (layer, *_) in enumerate(LAYERS)])

@@ -18,6 +18,7 @@ import optax
 import pytest
 
 import jaxcnn
+import jaxcnn.onednn
 from jaxcnn.errors import ConfigError, InputError
 from jaxcnn.fit import train_and_evaluate
 from jaxcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
@@ -398,7 +399,14 @@ def main_signature(text):
 
 @pytest.mark.parametrize("precision, compute", [("bfloat16", "bf16"), ("float32", "f32")])
 def test_bfloat16_is_the_type_of_every_matmul_and_convolution_and_parameters_stay_float32(precision, compute):
+    """Where the whole step computes in bfloat16 (no oneDNN: GPU, TPU, an export, a mesh, a CPU without
+    the extension or without native bfloat16)."""
     compiled = compile(small_model(), "adam", precision=precision)
+    if compiled.module.lowering.onednn:  # the lowerings XLA has, as an export traces them
+        from jaxcnn.export import without_onednn
+
+        compiled = without_onednn(compiled)
+    assert compiled.compute_dtype == jnp.dtype(compute.replace("bf16", "bfloat16").replace("f32", "float32"))
     state = compiled.init(0)
     x, y = data(16)
     for text in (compiled.train_step.lower(state, (x, y, np.ones(16, np.float32))).as_text(),
@@ -408,6 +416,29 @@ def test_bfloat16_is_the_type_of_every_matmul_and_convolution_and_parameters_sta
         arguments = main_signature(text)
         assert "f32" in arguments and "bf16" not in arguments  # parameters, optimizer state and images
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.skipif(not (jaxcnn.onednn.available() and jaxcnn.onednn.info()["bfloat16"]),
+                    reason="oneDNN's native bfloat16 kernels")
+def test_bfloat16_on_a_cpu_with_native_kernels_is_the_convolutions_in_onednn_and_the_rest_float32():
+    model = jaxcnn.Sequential([
+        Conv2D(16, 3, padding="same", activation="relu", input_shape=(8, 8, 1)), Conv2D(16, 3, padding="same"),
+        BatchNormalization(), MaxPooling2D(), Flatten(), Dense(10, activation="softmax")])
+    compiled = compile(model, "adam", precision="bfloat16")
+    assert compiled.module.lowering.bfloat16_convolutions and compiled.compute_dtype == jnp.float32
+    state = compiled.init(0)
+    x, y = data(16)
+    text = compiled.train_step.lower(state, (x, y, np.ones(16, np.float32))).as_text()
+    calls = re.findall(r'custom_call @jaxcnn_onednn_conv_(\w+)\(.*?bf16 = (true|false)', text)
+    # the 1-channel input convolution's weight gradient stays float32 (jaxcnn.onednn: bfloat16 weight
+    # gradients from 16 input channels); the image needs no gradient
+    assert sorted(calls) == [("bwd_data", "true"), ("bwd_weights", "false"), ("bwd_weights", "true"),
+                             ("fwd", "true"), ("fwd", "true")]
+    assert set(hlo_ops(text, "dot_general")) == {"f32"} and "xbf16>" not in text  # no bfloat16 array in XLA's part
+    fp32 = compile(model, "adam")
+    s16, m16 = compiled.train_step(compiled.init(0), (x, y))
+    s32, m32 = fp32.train_step(fp32.init(0), (x, y))
+    np.testing.assert_allclose(float(m16.loss), float(m32.loss), rtol=2e-2)
 
 
 def test_predict_and_unrolled_steps_compile_once_per_shape(caplog):

@@ -70,13 +70,22 @@ def _bias(layer: Any, module: Any, y: jax.Array, size: int) -> jax.Array:
     return y if bias is None else y + bias.astype(y.dtype)
 
 
+def _bfloat16(module: Any, groups: int) -> bool:
+    """Whether a oneDNN convolution of ``groups`` groups runs in oneDNN's bfloat16 kernels
+    (:attr:`~jaxcnn.lowerings.LoweringContext.bfloat16_convolutions`). Not a grouped one: a stride-2
+    depthwise 3x3's backward took 34-48 ms in bfloat16 against about 1 ms in float32 (the
+    MobileNetV2-style net at batch 128, experiments/profile_step.py --precision bfloat16), and a
+    depthwise convolution has too few multiplications per byte to gain from bfloat16 anyway."""
+    return module.lowering.bfloat16_convolutions and groups == 1
+
+
 def _onednn(layer: Any, module: Any, x: jax.Array, kernel: jax.Array, size: int, groups: int) -> jax.Array:
     """``layer``'s convolution of ``x`` with the float32 ``kernel`` in oneDNN, its bias (``(size,)``)
     and a ReLU activation fused, the rest of the activation and the regularizer applied after."""
     fused = layer.activation == "relu"
     y = lowerings.onednn_conv(x, kernel, _bias_param(layer, module, size), strides=layer.strides,
                               padding=layer.padding, dilation=layer.dilation_rate, groups=groups,
-                              activation="relu" if fused else None)
+                              activation="relu" if fused else None, bfloat16=_bfloat16(module, groups))
     return _finish(layer, module, y, activated=fused)
 
 
@@ -440,10 +449,12 @@ class SeparableConv2D(_Unpatched, _Windowed):
                                  (1, 1, c * m, self.filters), jnp.float32)
         if self.lowering_for(x.shape[1:], module.lowering) == "onednn":
             y = lowerings.onednn_conv(x, depthwise.reshape(*self.kernel_size, 1, c * m), strides=self.strides,
-                                      padding=self.padding, dilation=self.dilation_rate, groups=c)
+                                      padding=self.padding, dilation=self.dilation_rate, groups=c,
+                                      bfloat16=_bfloat16(module, c))
             fused = self.activation == "relu"
             y = lowerings.onednn_conv(y, pointwise, _bias_param(self, module, self.filters), strides=(1, 1),
-                                      padding="valid", dilation=(1, 1), activation="relu" if fused else None)
+                                      padding="valid", dilation=(1, 1), activation="relu" if fused else None,
+                                      bfloat16=_bfloat16(module, 1))
             return _finish(self, module, y, activated=fused)
         y = _depthwise(x, depthwise.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
         y = lax.conv_general_dilated(y, pointwise.astype(x.dtype), window_strides=(1, 1), padding="VALID",
@@ -586,7 +597,8 @@ class Conv2DTranspose(_Unpatched, _Windowed):
                 for i in range(2)]
         if self.lowering_for(x.shape[1:], module.lowering) == "onednn":
             y = lowerings.onednn_conv_transpose(x, kernel, strides=self.strides, padding=(pads[0], pads[1]),
-                                                dilation=self.dilation_rate)
+                                                dilation=self.dilation_rate,
+                                                bfloat16=module.lowering.bfloat16_convolutions)
         else:
             y = lax.conv_transpose(x, kernel.astype(x.dtype), self.strides, pads, rhs_dilation=self.dilation_rate,
                                    dimension_numbers=_DIMS, transpose_kernel=True)
