@@ -39,14 +39,13 @@ _LIBRARY = "libdnnl.so.3"
 _TARGETS = ("conv_fwd", "conv_bwd_data", "conv_bwd_weights",
             "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd")
 # Per convolution handler: weights in the layout oneDNN picks (format_tag::any, reordered from HWIO on
-# each call) rather than HWIO as given. Measured at the seed CIFAR CNN's shapes
-# (experiments/bench_onednn_kernels.py): with HWIO the backward primitives fall back to kernels 5-30x
-# slower; the forward runs oneDNN's brgconv on HWIO as fast as on its own layout and skips the reorder.
-# Not so a grouped forward: with HWIO weights oneDNN runs a depthwise 3x3 as a grouped brgconv, 3.2-15 ms
-# at the MobileNetV2-style net's shapes at batch 128, against 0.12-0.20 ms for its depthwise kernel
-# (brdgmm_dw) on its own layout; so grouped convolutions (groups > 1) take oneDNN's layout everywhere.
+# each call) rather than HWIO as given. With HWIO the backward primitives fall back to kernels 5-30x
+# slower (experiments/bench_onednn_kernels.py), and the forward runs a brgconv that is 2-3x slower on
+# small maps (64x4x4x512 to 512: 37 against 22 ms a call through the FFI; 64x2x2x512: 13.5 against 9.8;
+# a depthwise 3x3 runs as a generic grouped convolution, 3-15 ms against 0.12-0.20) and no faster
+# elsewhere (128x32x32x16: 5.4 against 3.1 ms), while the reorder of a 3x3x512x512 kernel takes 0.4 ms.
 # bfloat16 always takes oneDNN's layout, the weights being converted anyway.
-_BLOCKED_WEIGHTS = {"conv_fwd": False, "conv_bwd_data": True, "conv_bwd_weights": True}
+_BLOCKED_WEIGHTS = {"conv_fwd": True, "conv_bwd_data": True, "conv_bwd_weights": True}
 # bfloat16 weight gradients only from this many input channels per group: below it oneDNN's bfloat16
 # backward weights (jit_bf16, not brgemm) was no faster than float32 (3 channels: 20-37 against 15-19 ms
 # at 128x32x32) and, on the loaded shared machine, stalled for up to 2 s in some calls.
@@ -199,7 +198,7 @@ class _Conv(NamedTuple):
         """The FFI attributes of handler ``jaxcnn_onednn_<target>``."""
         return {"strides": np.array(self.strides, np.int64), "padding": np.array(self.padding, np.int64),
                 "dilation": np.array(self.dilation, np.int64), "groups": self.groups, "bf16": self.bf16,
-                "blocked": self.bf16 or self.groups > 1 or _BLOCKED_WEIGHTS[target]}
+                "blocked": self.bf16 or _BLOCKED_WEIGHTS[target]}
 
     def out_shape(self, x: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[int, int, int, int]:
         (kh, kw), (dh, dw) = kernel[:2], self.dilation
