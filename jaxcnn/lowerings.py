@@ -79,6 +79,14 @@ maps of at most 4 positions keep patches, and the maps in between (5 to 63 posit
 above; grouped, depthwise, separable and transposed convolutions (no patches program) and every
 max or average pooling use oneDNN. The maps between 4x4 and 8x8 were not measured.
 
+That calibration ran oneDNN's forward on the HWIO kernel as given; it now takes oneDNN's own weight
+layout (jaxcnn.onednn), which made small maps' forward faster. Re-measured in VGG-11/32's training
+step at batch 64 (experiments/profile_step.py, every convolution forced to oneDNN against the rule):
+on 4x4 maps oneDNN's forward beats patches (256 to 512: 10.3 against 14.3 ms; 512 to 512: 18.9
+against 26.9) but not its backward (34.4 against 26.3; 53.3 against 50.6), even in all; on 2x2 maps
+patches stay ahead (forward and backward 42.5 against 51.3 ms for the two layers). So the training
+rule stands; inference on maps under 64 positions was not re-measured.
+
 What the rule needs besides a layer's shapes, the batch size and the train flag (the backend, a
 mesh, the XLA flags, a batch size to assume for a symbolic batch) is a :class:`LoweringContext`,
 fixed when a module is built and carried by it as static data; nothing here asks JAX for its

@@ -44,8 +44,12 @@ _TARGETS = ("conv_fwd", "conv_bwd_data", "conv_bwd_weights",
 # small maps (64x4x4x512 to 512: 37 against 22 ms a call through the FFI; 64x2x2x512: 13.5 against 9.8;
 # a depthwise 3x3 runs as a generic grouped convolution, 3-15 ms against 0.12-0.20) and no faster
 # elsewhere (128x32x32x16: 5.4 against 3.1 ms), while the reorder of a 3x3x512x512 kernel takes 0.4 ms.
-# bfloat16 always takes oneDNN's layout, the weights being converted anyway.
+# Except an ungrouped forward of a small batch (at most _HWIO_FORWARD_MAX_BATCH images): there the reorder,
+# one more oneDNN call a convolution, costs more than its faster kernel saves (batch-1 inference of the
+# seed CIFAR CNN 0.51-0.53 ms with HWIO against 0.70-1.14 ms, VGG-11/32 5.6-6.7 against 6.7-6.8 ms, in
+# three alternating runs). bfloat16 always takes oneDNN's layout, the weights being converted anyway.
 _BLOCKED_WEIGHTS = {"conv_fwd": True, "conv_bwd_data": True, "conv_bwd_weights": True}
+_HWIO_FORWARD_MAX_BATCH = 8  # lowerings.SMALL_BATCH
 # bfloat16 weight gradients only from this many input channels per group: below it oneDNN's bfloat16
 # backward weights (jit_bf16, not brgemm) was no faster than float32 (3 channels: 20-37 against 15-19 ms
 # at 128x32x32) and, on the loaded shared machine, stalled for up to 2 s in some calls.
@@ -194,11 +198,19 @@ class _Conv(NamedTuple):
     groups: int
     bf16: bool
 
-    def attrs(self, target: str) -> dict[str, Any]:
-        """The FFI attributes of handler ``jaxcnn_onednn_<target>``."""
+    def attrs(self, target: str, batch: Any) -> dict[str, Any]:
+        """The FFI attributes of handler ``jaxcnn_onednn_<target>`` for ``batch`` images."""
         return {"strides": np.array(self.strides, np.int64), "padding": np.array(self.padding, np.int64),
                 "dilation": np.array(self.dilation, np.int64), "groups": self.groups, "bf16": self.bf16,
-                "blocked": self.bf16 or _BLOCKED_WEIGHTS[target]}
+                "blocked": self.blocked(target, batch)}
+
+    def blocked(self, target: str, batch: Any) -> bool:
+        """Whether the weights go to oneDNN's own layout (see :data:`_BLOCKED_WEIGHTS`)."""
+        if self.bf16 or self.groups > 1:
+            return True
+        if target == "conv_fwd" and isinstance(batch, int) and batch <= _HWIO_FORWARD_MAX_BATCH:
+            return False
+        return _BLOCKED_WEIGHTS[target]
 
     def out_shape(self, x: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[int, int, int, int]:
         (kh, kw), (dh, dw) = kernel[:2], self.dilation
@@ -212,13 +224,13 @@ def _fwd_call(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, cfg: _Con
     out = jax.ShapeDtypeStruct(cfg.out_shape(x.shape, kernel.shape), jnp.float32)
     b = jnp.zeros((0,), jnp.float32) if bias is None else bias
     return jax.ffi.ffi_call("jaxcnn_onednn_conv_fwd", out)(x, kernel, b, bias=bias is not None, relu=relu,
-                                                           **cfg.attrs("conv_fwd"))
+                                                           **cfg.attrs("conv_fwd", x.shape[0]))
 
 
 def _bwd_data_call(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], cfg: _Conv) -> jax.Array:
     """dy (N, OH, OW, F) and the kernel -> dx of shape ``x_shape`` (N, H, W, C)."""
     out = jax.ShapeDtypeStruct(x_shape, jnp.float32)
-    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_data", out)(dy, kernel, **cfg.attrs("conv_bwd_data"))
+    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_data", out)(dy, kernel, **cfg.attrs("conv_bwd_data", dy.shape[0]))
 
 
 def _bwd_weights_call(x: jax.Array, dy: jax.Array, k_shape: tuple[int, ...], bias: bool,
@@ -227,7 +239,8 @@ def _bwd_weights_call(x: jax.Array, dy: jax.Array, k_shape: tuple[int, ...], bia
     outs = (jax.ShapeDtypeStruct(k_shape, jnp.float32),
             jax.ShapeDtypeStruct((k_shape[3] if bias else 0,), jnp.float32))
     cfg = cfg._replace(bf16=cfg.bf16 and k_shape[2] >= _BF16_WEIGHT_GRAD_MIN_CHANNELS)
-    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_weights", outs)(x, dy, bias=bias, **cfg.attrs("conv_bwd_weights"))
+    return jax.ffi.ffi_call("jaxcnn_onednn_conv_bwd_weights", outs)(x, dy, bias=bias,
+                                                                    **cfg.attrs("conv_bwd_weights", x.shape[0]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

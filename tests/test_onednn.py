@@ -428,3 +428,26 @@ def test_an_extension_that_cannot_load_is_a_reason_not_a_crash(tmp_path):
     else:  # oneDNN itself is looked for first, to be preloaded
         assert reason == "the onednn-cpu-gomp wheel is not installed (pip install onednn-cpu-gomp==2023.2.0)"
     assert error.endswith(reason)
+
+
+def test_the_weight_layout_is_onednns_but_for_a_small_batchs_ungrouped_forward():
+    conv = onednn._Conv((1, 1), (1, 1, 1, 1), (1, 1), 1, False)
+    assert [conv.blocked("conv_fwd", batch) for batch in (1, 8, 9, 64)] == [False, False, True, True]
+    assert conv.blocked("conv_bwd_data", 1) and conv.blocked("conv_bwd_weights", 1)
+    assert conv._replace(groups=4).blocked("conv_fwd", 1) and conv._replace(bf16=True).blocked("conv_fwd", 1)
+    assert conv.attrs("conv_fwd", 2)["blocked"] is False and conv.attrs("conv_fwd", 16)["blocked"] is True
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch", [2, 16])
+def test_both_weight_layouts_compute_lax_convs_values_and_gradients(batch):
+    """A batch of 2 runs the forward on the HWIO kernel as given, one of 16 on oneDNN's layout."""
+    x, kernel, bias = _random((batch, 6, 6, 8), 0), _random((3, 3, 8, 16), 1), _random((16,), 2)
+    ours = lambda x, k, b: onednn.conv(x, k, b, strides=(1, 1), padding=((1, 1), (1, 1)))  # noqa: E731
+    ref = lambda x, k, b: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),  # noqa: E731
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+    np.testing.assert_allclose(jax.jit(ours)(x, kernel, bias), ref(x, kernel, bias), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * jnp.cos(a[0][..., :1]))  # noqa: E731
+    for got, want in zip(jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(x, kernel, bias),
+                         jax.grad(loss(ref), argnums=(0, 1, 2))(x, kernel, bias)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
