@@ -315,7 +315,7 @@ def test_bfloat16_convolutions_run_the_ungrouped_ones_in_bfloat16_kernels_on_flo
     """The CPU form of precision="bfloat16" (LoweringContext.bfloat16_convolutions): every convolution
     is oneDNN's whatever its shape, the ungrouped ones (and a separable's pointwise half) in its
     bfloat16 kernels, the grouped ones (a depthwise, a separable's depthwise half) in float32, and the
-    activations between layers stay float32."""
+    activations between layers stay float32; a batch of at most SMALL_BATCH images stays float32."""
     model = jaxcnn.Sequential([Conv2D(4, 3, padding="same", input_shape=(2, 2, 2)), DepthwiseConv2D(3, padding="same"),
                                SeparableConv2D(3, 1), Flatten(), Dense(2)])
     context = dataclasses.replace(ONEDNN, bfloat16_convolutions=True)
@@ -324,10 +324,14 @@ def test_bfloat16_convolutions_run_the_ungrouped_ones_in_bfloat16_kernels_on_flo
     module = build_module(model, context)
     variables = module.init(jax.random.key(0), jnp.ones((1, 2, 2, 2)))
     fake_onednn.calls.clear()
-    outputs = module.apply(variables, jnp.ones((1, 2, 2, 2)), capture=True)
+    outputs = module.apply(variables, jnp.ones((16, 2, 2, 2)), capture=True)
     assert [(kw["groups"], kw["compute_dtype"]) for _, kw in fake_onednn.calls] == [
         (1, jnp.bfloat16), (4, None), (4, None), (1, jnp.bfloat16)]
     assert {y.dtype for y in outputs} == {jnp.dtype(jnp.float32)}
+    # a small batch (lowerings.SMALL_BATCH) computes in float32: the weights' conversion would dominate
+    fake_onednn.calls.clear()
+    module.apply(variables, jnp.ones((lowerings.SMALL_BATCH, 2, 2, 2)))
+    assert [kw["compute_dtype"] for _, kw in fake_onednn.calls] == [None] * 4
     assert not dataclasses.replace(context, onednn=False).bfloat16_convolutions  # nothing without oneDNN
     assert not dataclasses.replace(context, partitioned=True).bfloat16_convolutions
 

@@ -70,13 +70,17 @@ def _bias(layer: Any, module: Any, y: jax.Array, size: int) -> jax.Array:
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def _bfloat16(module: Any, groups: int) -> bool:
-    """Whether a oneDNN convolution of ``groups`` groups runs in oneDNN's bfloat16 kernels
-    (:attr:`~jaxcnn.lowerings.LoweringContext.bfloat16_convolutions`). Not a grouped one: a stride-2
-    depthwise 3x3's backward took 34-48 ms in bfloat16 against about 1 ms in float32 (the
-    MobileNetV2-style net at batch 128, experiments/profile_step.py --precision bfloat16), and a
-    depthwise convolution has too few multiplications per byte to gain from bfloat16 anyway."""
-    return module.lowering.bfloat16_convolutions and groups == 1
+def _bfloat16(module: Any, groups: int, batch: int) -> bool:
+    """Whether a oneDNN convolution of ``groups`` groups over ``batch`` images runs in oneDNN's
+    bfloat16 kernels (:attr:`~jaxcnn.lowerings.LoweringContext.bfloat16_convolutions`). Not a grouped
+    one: a stride-2 depthwise 3x3's backward took 34-48 ms in bfloat16 against about 1 ms in float32
+    (the MobileNetV2-style net at batch 128, experiments/profile_step.py --precision bfloat16), and a
+    depthwise convolution has too few multiplications per byte to gain from bfloat16 anyway. Not a
+    small batch (at most ``lowerings.SMALL_BATCH`` images): converting the float32 weights into
+    oneDNN's bfloat16 layout at every call costs more than the bfloat16 kernel saves there (batch-1
+    inference of VGG-11/32 took 9.3 ms against 5.5 in float32, experiments/bench_cpu.py 2026-12-06)."""
+    return (module.lowering.bfloat16_convolutions and groups == 1
+            and not (isinstance(batch, int) and batch <= lowerings.SMALL_BATCH))
 
 
 def _onednn(layer: Any, module: Any, x: jax.Array, kernel: jax.Array, size: int, groups: int) -> jax.Array:
@@ -85,7 +89,7 @@ def _onednn(layer: Any, module: Any, x: jax.Array, kernel: jax.Array, size: int,
     fused = layer.activation == "relu"
     y = lowerings.onednn_conv(x, kernel, _bias_param(layer, module, size), strides=layer.strides,
                               padding=layer.padding, dilation=layer.dilation_rate, groups=groups,
-                              activation="relu" if fused else None, bfloat16=_bfloat16(module, groups))
+                              activation="relu" if fused else None, bfloat16=_bfloat16(module, groups, x.shape[0]))
     return _finish(layer, module, y, activated=fused)
 
 
@@ -450,11 +454,11 @@ class SeparableConv2D(_Unpatched, _Windowed):
         if self.lowering_for(x.shape[1:], module.lowering) == "onednn":
             y = lowerings.onednn_conv(x, depthwise.reshape(*self.kernel_size, 1, c * m), strides=self.strides,
                                       padding=self.padding, dilation=self.dilation_rate, groups=c,
-                                      bfloat16=_bfloat16(module, c))
+                                      bfloat16=_bfloat16(module, c, x.shape[0]))
             fused = self.activation == "relu"
             y = lowerings.onednn_conv(y, pointwise, _bias_param(self, module, self.filters), strides=(1, 1),
                                       padding="valid", dilation=(1, 1), activation="relu" if fused else None,
-                                      bfloat16=_bfloat16(module, 1))
+                                      bfloat16=_bfloat16(module, 1, x.shape[0]))
             return _finish(self, module, y, activated=fused)
         y = _depthwise(x, depthwise.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
         y = lax.conv_general_dilated(y, pointwise.astype(x.dtype), window_strides=(1, 1), padding="VALID",
