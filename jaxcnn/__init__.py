@@ -55,6 +55,7 @@ _EXPORTS = {
     "compile": "jaxcnn.train",
     "from_keras_json": "jaxcnn.keras",
     "load": "jaxcnn.config",
+    "load_weights": "jaxcnn.keras.files",
 }
 _SUBMODULES = ("errors", "layers")
 

@@ -116,15 +116,16 @@ def _sha256(data: bytes) -> str:
 
 
 def load_artifact(path: str | os.PathLike[str]) -> Artifact:
-    """Read and verify an export file.
+    """Read and verify an export file; a trained Keras model (``.keras``, a full-model ``.h5``) is
+    converted into one in memory first (:func:`_from_keras`).
 
     Raises:
       ExportError: the file is missing, truncated or corrupt, was written by another jaxcnn version
         or format, or was not lowered for this machine's platform.
     """
-    from jaxcnn import __version__
-
     source = os.fsdecode(path)
+    if _is_keras_model(source):
+        return _from_keras(source)
     try:
         with zipfile.ZipFile(source) as archive:
             manifest = json.loads(archive.read("manifest.json"))
@@ -136,6 +137,40 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
     except (zipfile.BadZipFile, KeyError, EOFError, ValueError, OSError) as error:
         raise ExportError(f"is truncated or not a jaxcnn export file ({type(error).__name__}: {error})",
                           source=source) from None
+    return _artifact(source, manifest, forward, forward_small, params_bytes)
+
+
+def _is_keras_model(source: str) -> bool:
+    """Whether ``source`` is a trained Keras model (an HDF5 file, or a zip with Keras's
+    ``config.json`` and no jaxcnn manifest) rather than a jaxcnn export file."""
+    try:
+        with open(source, "rb") as file:
+            head = file.read(8)
+        if head == b"\x89HDF\r\n\x1a\n":
+            return True
+        if head.startswith(b"PK"):
+            with zipfile.ZipFile(source) as archive:
+                names = set(archive.namelist())
+            return "config.json" in names and "manifest.json" not in names
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return False
+
+
+def _from_keras(source: str) -> Artifact:
+    """A trained Keras model converted once, in memory, into what an export file holds (lowered for
+    this machine's platform only), then served by the same code (:func:`jaxcnn.export.export_keras`)."""
+    from jaxcnn.export import export_keras  # the model code: only for a Keras file
+
+    platform = _BACKEND_PLATFORMS.get(jax.default_backend(), jax.default_backend())
+    converted = export_keras(source, None, platforms=(platform,))
+    parts = converted["parts"]
+    return _artifact(source, converted["manifest"], parts["forward"], parts["forward_small"], parts["params"])
+
+
+def _artifact(source: str, manifest: Any, forward: bytes, forward_small: bytes, params_bytes: bytes) -> Artifact:
+    from jaxcnn import __version__
+
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ExportError(f"has format {found!r}; this jaxcnn reads {FORMAT!r}", source=source)

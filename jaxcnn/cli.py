@@ -33,6 +33,9 @@ shape: zero-padded centred, or resized bilinearly).
   .png .jpg  converted to the raw channels (greyscale, or RGB without alpha),
              resized bilinearly to the raw height and width (the aspect ratio is
              not kept), and scaled from 0..255 to [0, 1].
+A trained Keras model (.keras, .h5) takes the same inputs at its own input shape and
+sees them as Keras's image loaders give them, 0..255 (its own Rescaling or
+Normalization layers, if any, do the rest).
 """
 
 
@@ -73,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                                 help="one of the commands below; `jaxcnn COMMAND --help` describes it")
 
     summary = sub.add_parser("summary", help="print a model's summary (its shapes proved first)")
-    summary.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")
+    summary.add_argument("path", metavar="PATH", help="a TOML or JSON config, a Keras model.to_json() file, or a trained Keras model (.keras, .h5)")
     summary.add_argument("--input-shape", type=_shape, metavar="H,W,C", help="override the model's input shape")
     summary.add_argument("--format", choices=("text", "rich", "json"), default="text",
                          help="text: Keras's classic layout (default); rich: Keras 3's table with byte sizes; "
@@ -88,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="with --mesh: the device count (default: the devices JAX sees; need not exist)")
 
     check = sub.add_parser("check", help="prove every layer's shapes with jax.eval_shape against the formulas")
-    check.add_argument("path", metavar="PATH", help="a TOML or JSON config, or a Keras model.to_json() file")
+    check.add_argument("path", metavar="PATH", help="a TOML or JSON config, a Keras model.to_json() file, or a trained Keras model (.keras, .h5)")
     check.add_argument("--input-shape", type=_shape, metavar="H,W,C", help="override the model's input shape")
     train = sub.add_parser("train", help="train a config's model; resumes from the workdir's newest checkpoint")
     train.add_argument("config", metavar="CONFIG", help="a TOML training config ([model], [[layers]], [data], [train])")
@@ -106,9 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--num-processes", type=_positive, metavar="N", help="with --coordinator: how many processes")
     train.add_argument("--process-id", type=int, metavar="I", help="with --coordinator: this process's index, 0..N-1")
     export = sub.add_parser("export", help="write a trained model into one file that runs without its code")
-    export.add_argument("config", metavar="CONFIG", help="the training config")
-    export.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="a workdir of `jaxcnn train` (its best checkpoint), or a checkpoints folder")
+    export.add_argument("config", metavar="CONFIG",
+                        help="the training config, or a trained Keras model (.keras, .h5) with its own weights")
+    export.add_argument("--checkpoint", metavar="DIR",
+                        help="a workdir of `jaxcnn train` (its best checkpoint), or a checkpoints folder "
+                        "(required with a training config)")
     export.add_argument("--out", required=True, metavar="FILE",
                         help="the export file to write (replaced atomically; its folder is created)")
     export.add_argument("--platforms", default="cpu,cuda,tpu", type=_platforms, metavar="P,Q",
@@ -124,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
         "predict", help="run an export file on .npy arrays or PNG/JPEG images",
         description="Print the top-k classes of each input as JSON.", epilog=PREDICT_INPUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_argument("file", metavar="FILE", help="an export file from `jaxcnn export`")
+    predict.add_argument("file", metavar="FILE", help="an export file from `jaxcnn export`, or a trained Keras "
+                         "model (.keras, .h5: converted once, in memory; its images scaled to 0..255)")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help=".npy, .png or .jpg files (see the input conventions below)")
     predict.add_argument("--top-k", type=_positive, default=5, metavar="K",

@@ -100,9 +100,13 @@ _DEFAULT_MODEL_NAME = "sequential"
 
 
 def load(path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = None,
-         require_input_shape: bool = False) -> Model:
-    """Read a model from ``path``: a jaxcnn ``.toml`` or ``.json`` config, or a Keras
-    ``model.to_json()`` file (a JSON object with a top-level ``class_name``).
+         require_input_shape: bool = False, weights: str | os.PathLike[str] | None = None) -> Model:
+    """Read a model from ``path``: a jaxcnn ``.toml`` or ``.json`` config, a Keras
+    ``model.to_json()`` file (a JSON object with a top-level ``class_name``), or a trained Keras model:
+    a Keras 3 ``.keras`` archive or a Keras 2 / tf.keras full-model ``.h5``, whose weights the model
+    then carries (:attr:`~jaxcnn.Model.weights`; ``compile(model).init()`` starts from them).
+    ``weights`` names a weights-only file for the architecture at ``path`` (Keras 3's
+    ``.weights.h5``, or the legacy ``.h5`` of ``save_weights``).
 
     The format follows the extension (``.toml``, ``.json``); for any other extension, text that
     starts with ``{`` is read as JSON and anything else as TOML. ``input_shape`` replaces the file's
@@ -117,20 +121,60 @@ def load(path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = No
       UnsupportedError: a Keras class or argument jaxcnn does not support.
       ImpossibleShapeError: a layer cannot take its input (the file, layer and formula named).
     """
-    source, doc = _read(path)
-    keras = _is_keras(doc)
-    if keras:
-        from jaxcnn.keras.json import _keras_model  # it imports this module's helpers
+    source = os.fsdecode(path)
+    kind = keras_file_kind(source)
+    h5 = None
+    if kind is not None:  # a trained Keras model: its architecture, then its weights
+        from jaxcnn.keras.files import open_keras_file
 
-        model = _keras_model(doc, source)
+        doc, h5 = open_keras_file(source, kind)
     else:
-        model = _model(doc, source)
-    if input_shape is not None:
-        try:
-            model = model.with_input_shape(input_shape)
-        except JaxcnnError as error:
-            raise error.located(source=source) from None
-    return _planned(model, source, require_input_shape=require_input_shape, keras=keras)
+        source, doc = _read(path)
+    keras = kind is not None or _is_keras(doc)
+    try:
+        if keras:
+            from jaxcnn.keras.json import _keras_model  # it imports this module's helpers
+
+            model = _keras_model(doc, source)
+        else:
+            model = _model(doc, source)
+        if input_shape is not None:
+            try:
+                model = model.with_input_shape(input_shape)
+            except JaxcnnError as error:
+                raise error.located(source=source) from None
+        model = _planned(model, source, require_input_shape=require_input_shape or h5 is not None, keras=keras)
+        if weights is not None:
+            if h5 is not None:
+                raise ConfigError(f"holds its own weights; `weights` (={os.fsdecode(weights)!r}) would replace them",
+                                  source=source)
+            from jaxcnn.keras.files import load_weights
+
+            return load_weights(model, weights, keras_doc=doc if keras else None)
+        if h5 is not None:
+            from jaxcnn.keras.weights import read_weights
+
+            return model.with_weights(read_weights(h5, model, source=source, keras_doc=doc if kind == "keras" else None))
+        return model
+    finally:
+        if h5 is not None:
+            h5.close()
+
+
+def keras_file_kind(path: str) -> str | None:
+    """``"keras"`` for a Keras 3 ``.keras`` archive (a zip), ``"h5"`` for an HDF5 file (a legacy
+    full model, or a weights file), by their first bytes; ``None`` for text (a config, Keras JSON)
+    or a file that cannot be read (reported by the text reader)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "keras"
+    if head == b"\x89HDF\r\n\x1a\n":
+        return "h5"
+    return None
 
 
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:

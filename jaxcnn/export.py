@@ -1,6 +1,7 @@
 """Export a trained model into one file that runs without the model's code (see :mod:`jaxcnn.artifact`).
 
-``jaxcnn export CONFIG --checkpoint DIR --out FILE`` is :func:`export_model`.
+``jaxcnn export CONFIG --checkpoint DIR --out FILE`` is :func:`export_model`; ``jaxcnn export
+model.keras --out FILE`` (a trained Keras model with its own weights) is :func:`export_keras`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from jaxcnn.errors import ExportError, JaxcnnError
 from jaxcnn.files import atomic_path
 from jaxcnn.train import CompiledModel, compile, params_sha256
 
-__all__ = ["PLATFORMS", "checkpoint_folder", "export_model", "forward_function", "without_onednn"]
+__all__ = ["PLATFORMS", "checkpoint_folder", "export_keras", "export_model", "export_parts", "forward_function",
+           "keras_preprocessing", "without_onednn", "write_artifact"]
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -69,29 +71,32 @@ def forward_function(compiled: CompiledModel, treedef: Any) -> Any:
 
 def export_model(
     config_path: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
     *,
     platforms: Sequence[str] = PLATFORMS,
     precision: str = "float32",
 ) -> dict[str, Any]:
-    """Write the model of ``config_path`` with the parameters of ``checkpoint`` to ``out``.
+    """Write the model of ``config_path`` with the parameters of ``checkpoint`` to ``out``; a trained
+    Keras model (``.keras``, a full-model ``.h5``) with no ``checkpoint`` is written with its own
+    weights (:func:`export_keras`).
 
     The forward pass is serialized with ``jax.export`` for a symbolic batch dimension, lowered for
     every platform in ``platforms`` at once (a CPU-only machine can lower for cuda and tpu). Returns
     the manifest.
     """
+    from jaxcnn.config import keras_file_kind
+
     source = os.fsdecode(config_path)
+    if checkpoint is None:
+        if keras_file_kind(source) is None:
+            raise ExportError("a training config needs --checkpoint DIR (the run's checkpoints); only a "
+                              "trained Keras model (.keras, .h5) carries its own weights", source=source)
+        return export_keras(source, out, platforms=platforms, precision=precision)
     target = _writable_target(out)  # before any work: a wrong --out fails at once
-    for platform in platforms:
-        if platform not in PLATFORMS:
-            raise ExportError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
+    _check_platforms(platforms)
     model = from_dict(read_document(config_path), source=source)
-    try:
-        compiled = compile(model, "sgd", precision=precision)  # the optimizer plays no part in serving
-    except JaxcnnError as error:
-        raise error.located(source=source) from None
-    compiled = without_onednn(compiled)
+    compiled = _compiled(model, source, precision)
     folder = checkpoint_folder(checkpoint)
     abstract = compiled.abstract_state()
     restored = Checkpoints(folder, fingerprint=model_fingerprint(model), keep=10**6).restore_variables(
@@ -99,9 +104,75 @@ def export_model(
     if restored is None:  # pragma: no cover - checkpoint_folder found numbered folders
         raise ExportError("holds no checkpoint", source=str(folder))
     variables, record = restored
+    preprocessing = record.get("preprocessing")
+    if preprocessing is None:
+        raise ExportError("its record has no preprocessing recipe (a checkpoint from an older jaxcnn?)",
+                          source=str(folder))
+    manifest, parts = export_parts(compiled, variables, preprocessing, platforms=platforms,
+                                   origin={"checkpoint": {"folder": str(folder), "step": int(record["step"])}})
+    write_artifact(target, manifest, parts)
+    return manifest
+
+
+def keras_preprocessing(input_shape: Sequence[int]) -> dict[str, Any]:
+    """The serving recipe of a Keras-trained model: images scaled to 0..255, as Keras's image loaders
+    (``image_dataset_from_directory``, ``load_img``) give them (a raw intensity in [0, 1] times 255,
+    as a standardization with mean 0 and std 1/255), then fitted to the input shape exactly; a model
+    that wants another range holds its own ``Rescaling`` or ``Normalization`` layer, as Keras's do."""
+    from jaxcnn.data import Preprocessing
+
+    h, w, c = (int(d) for d in input_shape)
+    return Preprocessing(raw_shape=(h, w, c), mean=(0.0,) * c, std=(1 / 255,) * c, fit="none",
+                         input_shape=(h, w, c)).to_dict()
+
+
+def export_keras(path: str | os.PathLike[str], out: str | os.PathLike[str] | None, *,
+                 platforms: Sequence[str] = PLATFORMS, precision: str = "float32") -> dict[str, Any]:
+    """Write a trained Keras model file (``.keras``, a full-model ``.h5``) with its own weights as a
+    jaxcnn export file at ``out`` (:func:`keras_preprocessing` serves its images). With ``out=None``
+    nothing is written: the manifest and parts are returned for :mod:`jaxcnn.artifact` to load."""
+    from jaxcnn.config import load
+
+    source = os.fsdecode(path)
+    target = _writable_target(out) if out is not None else None
+    _check_platforms(platforms)
+    model = load(source, require_input_shape=True)
+    if model.weights is None:
+        raise ExportError("holds no weights", source=source)
+    compiled = _compiled(model, source, precision)
+    variables = model.weights.variables()
+    manifest, parts = export_parts(compiled, variables, keras_preprocessing(model.input_shape),
+                                   platforms=platforms, origin={"keras_file": source})
+    if target is None:
+        return {"manifest": manifest, "parts": parts}
+    write_artifact(target, manifest, parts)
+    return manifest
+
+
+def _check_platforms(platforms: Sequence[str]) -> None:
+    for platform in platforms:
+        if platform not in PLATFORMS:
+            raise ExportError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
+
+
+def _compiled(model: Any, source: str, precision: str) -> CompiledModel:
+    try:
+        compiled = compile(model, "sgd", precision=precision)  # the optimizer plays no part in serving
+    except JaxcnnError as error:
+        raise error.located(source=source) from None
+    return without_onednn(compiled)
+
+
+def export_parts(compiled: CompiledModel, variables: dict[str, Any], preprocessing: dict[str, Any], *,
+                 platforms: Sequence[str], origin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and the serialized parts (``forward``, ``forward_small``, ``params``) of the export
+    of ``compiled`` with ``variables``; ``origin`` is recorded in the manifest (``checkpoint``: its
+    folder and step, or ``keras_file``)."""
+    model = compiled.model
+    variables = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
     leaves, treedef = jax.tree.flatten(variables)
     (batch,) = jax.export.symbolic_shape("batch")
-    arguments = ([jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves],
+    arguments = ([jax.ShapeDtypeStruct(np.shape(leaf), jnp.float32) for leaf in leaves],
                  jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32))
     exported = jax.export.export(jax.jit(forward_function(compiled, treedef)), platforms=tuple(platforms))(*arguments)
     forward = exported.serialize()
@@ -112,44 +183,53 @@ def export_model(
     forward_small = jax.export.export(jax.jit(forward_function(small, treedef)),
                                       platforms=tuple(platforms))(*arguments).serialize()
     buffer = io.BytesIO()
-    np.savez(buffer, **{f"p{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    np.savez(buffer, **{f"p{i:05d}": np.asarray(leaf, np.float32) for i, leaf in enumerate(leaves)})
     params = buffer.getvalue()
 
     from jaxcnn import __version__
 
-    preprocessing = record.get("preprocessing")
-    if preprocessing is None:
-        raise ExportError("its record has no preprocessing recipe (a checkpoint from an older jaxcnn?)",
-                          source=str(folder))
     manifest = {
         "format": FORMAT,
         "jaxcnn_version": __version__,
         "jax_version": jax.__version__,
         "model": model.name,
-        "layers_toml": model.to_toml(),
+        "layers_toml": _toml_or_none(model),
         "input_signature": {"shape": [None, *model.input_shape], "dtype": "float32"},
         "output_shape": [None, *model.output_shape],
         "outputs": {"softmax": "probabilities", "sigmoid": "probabilities"}.get(compiled.head or "", "logits"),
         "platforms": list(exported.platforms),
-        "precision": precision,
+        "precision": compiled.precision,
         "preprocessing": preprocessing,
         "class_names": list(preprocessing.get("class_names", [])),
-        "checkpoint": {"folder": str(folder), "step": int(record["step"])},
+        **origin,
         "params_sha256": params_sha256(variables["params"]),
         "small_batch": lowerings.SMALL_BATCH,
         "sha256": {"forward": hashlib.sha256(forward).hexdigest(),
                    "forward_small": hashlib.sha256(forward_small).hexdigest(),
                    "params": hashlib.sha256(params).hexdigest()},
     }
+    return manifest, {"forward": bytes(forward), "forward_small": bytes(forward_small), "params": params}
+
+
+def _toml_or_none(model: Any) -> str | None:
+    """The model's layers as a jaxcnn TOML config, for the reader of the manifest; ``None`` where TOML
+    cannot hold the model yet (a nested model, as in a Keras file): the programs do not need it."""
+    try:
+        return model.to_toml()
+    except JaxcnnError:
+        return None
+
+
+def write_artifact(target: pathlib.Path, manifest: dict[str, Any], parts: dict[str, bytes]) -> None:
+    """The export file at ``target``, written atomically (a failure leaves no partial file)."""
     try:
         with atomic_path(target) as temp, zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
             archive.writestr("manifest.json", json.dumps(manifest, indent=1))
-            archive.writestr("forward.jax_export", bytes(forward))
-            archive.writestr("forward_small.jax_export", bytes(forward_small))
-            archive.writestr("params.npz", params)
+            archive.writestr("forward.jax_export", parts["forward"])
+            archive.writestr("forward_small.jax_export", parts["forward_small"])
+            archive.writestr("params.npz", parts["params"])
     except OSError as error:  # a full disk, a folder made read-only meanwhile: the temporary file is removed
         raise ExportError(f"cannot write the export file: {error.strerror or error}", source=str(target)) from None
-    return manifest
 
 
 def _writable_target(out: str | os.PathLike[str]) -> pathlib.Path:

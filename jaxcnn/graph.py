@@ -538,6 +538,16 @@ class Model:
     def non_trainable_params(self) -> int:
         return sum(p.non_trainable_params for p in self.plan())
 
+    #: Trained variables read from a Keras file (:class:`jaxcnn.keras.weights.Weights`), which
+    #: ``compile(model).init()`` starts from; ``None``: the initializers draw them.
+    weights: Any = None
+
+    def with_weights(self, weights: Any) -> Model:
+        """This model carrying ``weights`` (read against its plan: see :mod:`jaxcnn.keras.weights`)."""
+        new = copy.copy(self)
+        new.weights = weights
+        return new
+
     def identity(self) -> tuple[Any, ...]:
         """A hashable value equal for equal models (the proof's memo key)."""
         return (type(self).__name__, self.name, self.nodes, self.input_names, self.output_names)

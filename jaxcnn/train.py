@@ -279,7 +279,25 @@ class CompiledModel:
         """A fresh training state (laid out per ``layout`` when there is one). The parameters' key is
         ``fold_in(key(seed), 0)``; step keys are ``fold_in(fold_in(key(seed), 1), step)``."""
         base = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
-        return self._init(base)
+        state = self._init(base)
+        weights = getattr(self.model, "weights", None)
+        return state if weights is None else self._with_weights(state, weights)
+
+    def _with_weights(self, state: TrainState, weights: Any) -> TrainState:
+        """``state`` with the parameters and statistics of ``weights`` (a Keras file's, read against
+        the model's plan), placed as ``state``'s are, and a fresh optimizer state for them."""
+        def put(tree: Any, loaded: Any, collection: str) -> Any:
+            keys = lambda t: {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]}  # noqa: E731
+            if keys(tree) != keys(loaded):  # read_weights checked them against the plan: a jaxcnn defect
+                raise AssertionError(f"{weights.source}: the {collection} read differ from the module's: "
+                                     f"{sorted(keys(tree) ^ keys(loaded))[:4]}")
+            return jax.tree.map(lambda ref, value: jax.device_put(np.asarray(value, ref.dtype), ref.sharding),
+                                tree, loaded)
+        params = put(state.params, weights.params, "params")
+        batch_stats = put(state.batch_stats, weights.batch_stats, "batch_stats")
+        opt_state = jax.jit(self.optimizer.init)(params)
+        opt_state = jax.tree.map(lambda ref, value: jax.device_put(value, ref.sharding), state.opt_state, opt_state)
+        return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
 
     def _init_from_key(self, base: jax.Array) -> TrainState:
         images = jnp.zeros((1, *self.model.input_shape), jnp.float32)

@@ -1,0 +1,127 @@
+"""Regenerate the trained-weights fixtures: small models saved by Keras 3 with Keras's own predictions.
+
+Run (Keras 3 with the JAX backend; Keras is needed only here, never by jaxcnn or its tests)::
+
+    pip install "jaxcnn[keras]"        # or: pip install keras
+    KERAS_BACKEND=jax python tests/data/keras_weights/make_fixtures.py
+
+For each model below it writes, with weights drawn by Keras (``keras.utils.set_random_seed(0)``) and
+then perturbed so that no bias, gamma, beta or moving statistic keeps its initial value (a weight
+that landed in the wrong place must change the predictions):
+
+- ``<name>.keras``: ``model.save``, the Keras 3 archive (config.json, model.weights.h5, metadata.json);
+- ``<name>.json``: ``model.to_json()``, the architecture that a weights-only file goes with;
+- for the models of :data:`EVERY_FORM`: ``<name>.weights.h5``, ``model.save_weights``, Keras 3's
+  weights-only file, and ``<name>.h5``, ``model.save(..., ".h5")``, the legacy full-model HDF5
+  (``model_config`` and ``model_weights``, weights named by layer as tf.keras wrote them);
+- ``<name>.expected.npz``: ``inputs`` (8 images drawn with numpy's seed 1) and ``outputs``, Keras's
+  ``model.predict(inputs)`` in float32, and Keras's trainable and non-trainable parameter counts.
+
+The models cover every weight role jaxcnn maps (:data:`jaxcnn.keras.weights.KERAS_WEIGHTS`):
+``cifar_cnn`` is the seed CIFAR CNN; ``roles`` is a graph model with each weighted layer kind
+(Conv2D with and without bias and with groups, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
+BatchNormalization with ``center``/``scale`` off, LayerNormalization, GroupNormalization, PReLU, an
+adapted Normalization, Dense) and a nested Sequential and a nested functional model, with a frozen
+layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras
+import numpy as np
+from keras import layers
+
+HERE = pathlib.Path(__file__).resolve().parent
+SEED_JSON = HERE.parent / "keras" / "cifar_cnn.json"
+
+
+def cifar_cnn() -> keras.Model:
+    return keras.models.model_from_json(SEED_JSON.read_text())
+
+
+def roles() -> keras.Model:
+    inner_seq = keras.Sequential([
+        keras.Input((8, 8, 16)),
+        layers.Conv2D(16, 3, padding="same", use_bias=False, name="inner_conv"),
+        layers.BatchNormalization(name="inner_bn"),
+        layers.ReLU(name="inner_relu"),
+    ], name="inner_block")
+    x_in = keras.Input((8, 8, 16))
+    y = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=1, name="inner_dw")(x_in)
+    y = layers.LayerNormalization(name="inner_ln")(y)
+    inner_fn = keras.Model(x_in, layers.Add(name="inner_add")([x_in, y]), name="inner_graph")
+
+    x = keras.Input((16, 16, 3), name="image")
+    h = layers.Normalization(name="norm")(x)
+    h = layers.Conv2D(8, 3, padding="same", name="conv")(h)
+    h = layers.BatchNormalization(center=False, name="bn_no_center")(h)
+    h = layers.PReLU(shared_axes=[1, 2], name="prelu")(h)
+    a = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv_no_bias")(h)
+    a = layers.BatchNormalization(scale=False, name="bn_no_scale")(a)
+    b = layers.SeparableConv2D(16, 3, strides=2, padding="same", depth_multiplier=2, name="sep")(h)
+    b = layers.GroupNormalization(groups=4, name="gn")(b)
+    h = layers.Add(name="add")([a, b])
+    h = layers.Conv2D(16, 1, groups=4, name="grouped")(h)
+    h = inner_seq(h)
+    h = inner_fn(h)
+    h = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(h)
+    h = layers.Conv2DTranspose(8, 3, strides=2, padding="same", name="up", trainable=False)(h)
+    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    h = layers.Dense(12, activation="relu", name="fc")(h)
+    out = layers.Dense(5, activation="softmax", name="head")(h)
+    return keras.Model(x, out, name="roles")
+
+
+MODELS = {"cifar_cnn": cifar_cnn, "roles": roles}
+#: the models written in every form; the others (2 MB each) as a .keras archive and to_json() only
+EVERY_FORM = ("roles",)
+
+
+def perturb(model: keras.Model, rng: np.random.Generator) -> None:
+    """Move every weight off its initial value (zeros, ones, a constant), so that a weight mapped
+    to the wrong place changes the predictions; variances stay positive. An adapted Normalization
+    keeps its statistics (Keras computes from them once, at adapt or load)."""
+    adapted = {id(w) for layer in model.layers if isinstance(layer, layers.Normalization) for w in layer.weights}
+    for weight in model.weights:
+        if id(weight) in adapted:
+            continue
+        value = np.asarray(weight.numpy())
+        noise = rng.normal(0.0, 0.1, value.shape).astype(value.dtype)
+        if weight.path.endswith(("variance", "moving_variance")):
+            weight.assign(value * np.exp(noise))
+        else:
+            weight.assign(value + noise)
+
+
+def main() -> None:
+    for name, build in MODELS.items():
+        keras.utils.set_random_seed(0)
+        model = build()
+        rng = np.random.default_rng(0)
+        inputs = np.random.default_rng(1).uniform(0.0, 1.0, (8, *model.input_shape[1:])).astype(np.float32)
+        for layer in model.layers:
+            if isinstance(layer, layers.Normalization):
+                layer.adapt(inputs)
+        perturb(model, rng)
+        outputs = model.predict(inputs, verbose=0).astype(np.float32)
+        model.save(HERE / f"{name}.keras")
+        (HERE / f"{name}.json").write_text(json.dumps(json.loads(model.to_json()), indent=1) + "\n")
+        if name in EVERY_FORM:
+            model.save_weights(HERE / f"{name}.weights.h5")
+            model.save(HERE / f"{name}.h5")
+        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        np.savez(HERE / f"{name}.expected.npz", inputs=inputs, outputs=outputs,
+                 keras_version=np.asarray(keras.__version__),
+                 trainable_params=np.asarray(trainable),
+                 non_trainable_params=np.asarray(model.count_params() - trainable))
+        print(f"{name}: {model.count_params():,} parameters, outputs {outputs.shape}")
+
+
+if __name__ == "__main__":
+    main()

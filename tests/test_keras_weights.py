@@ -1,0 +1,298 @@
+"""Trained Keras weights in (jaxcnn.keras.weights, jaxcnn.keras.files): files Keras 3 wrote, committed
+under tests/data/keras_weights/ with Keras's own predictions (make_fixtures.py regenerates them), so
+these tests run without Keras. Every weight must land in its place: the fixtures' weights were all
+moved off their initial values, so a misplaced one changes the predictions."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn.errors import ConfigError, JaxcnnError, UnsupportedError
+from jaxcnn.keras.files import load_weights
+from jaxcnn.keras.weights import KERAS_WEIGHTS, keras_weights, snake_case_key
+
+DATA = pathlib.Path(__file__).parent / "data" / "keras_weights"
+MODELS = ("cifar_cnn", "roles")
+# float32 predictions against Keras's: the same arithmetic in another order (XLA's fusions, oneDNN's
+# convolutions) differs by a few float32 ulps per layer; probabilities agree to about 1e-7.
+ATOL = 1e-5
+
+
+def expected(name: str) -> dict[str, np.ndarray]:
+    with np.load(DATA / f"{name}.expected.npz") as data:
+        return dict(data)
+
+
+def predictions(model: jaxcnn.Model, inputs: np.ndarray) -> np.ndarray:
+    compiled = jaxcnn.compile(model, optimizer="adam")
+    return np.asarray(compiled.predict(compiled.init(0), inputs))
+
+
+def assert_predicts_as_keras(model: jaxcnn.Model, name: str) -> None:
+    want = expected(name)
+    got = predictions(model, want["inputs"])
+    np.testing.assert_allclose(got, want["outputs"], rtol=0, atol=ATOL)
+    assert (got.argmax(-1) == want["outputs"].argmax(-1)).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_keras_archive_predicts_as_keras(name):
+    model = jaxcnn.load(DATA / f"{name}.keras")
+    assert model.weights is not None and model.weights.source.endswith(f"{name}.keras")
+    assert_predicts_as_keras(model, name)
+
+
+def test_a_legacy_full_model_h5_predicts_as_keras():
+    assert_predicts_as_keras(jaxcnn.load(DATA / "roles.h5"), "roles")
+
+
+@pytest.mark.parametrize("weights", [".weights.h5", ".h5", ".keras"])
+def test_weights_files_applied_to_the_json_architecture_predict_as_keras(weights):
+    assert_predicts_as_keras(jaxcnn.load(DATA / "roles.json", weights=DATA / f"roles{weights}"), "roles")
+
+
+def test_a_keras3_weights_file_follows_the_models_own_order_without_its_description():
+    """A model with Keras's layer order (read from to_json() here, as one built in Python would be)
+    takes a .weights.h5 with no Keras description beside it."""
+    model = jaxcnn.load(DATA / "roles.json")
+    assert_predicts_as_keras(load_weights(model, DATA / "roles.weights.h5"), "roles")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameter_counts_of_a_loaded_model_are_keras(name):
+    model = jaxcnn.load(DATA / f"{name}.keras")
+    want = expected(name)
+    assert model.trainable_params() == int(want["trainable_params"])
+    assert model.non_trainable_params() == int(want["non_trainable_params"])
+    assert model.weights.count() == model.count_params()
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_a_tf_keras2_legacy_file_names_weights_as_tf_keras_did(tmp_path):
+    """tf.keras 2 named a weight ``<innermost layer>/<role>:0`` (a nested model's too) and a
+    DepthwiseConv2D's kernel ``depthwise_kernel``; Keras 3's legacy writer names it by its path,
+    ``inner_dw/kernel``. The order of ``weight_names`` does not matter: names do."""
+    dw_layers = {"inner_dw", "dw"}
+    path = tmp_path / "tfkeras2.h5"
+    with h5py.File(DATA / "roles.h5", "r") as src, h5py.File(path, "w") as dst:
+        dst.attrs["model_config"] = src.attrs["model_config"]
+        dst.attrs["keras_version"] = b"2.13.1"
+        group = dst.create_group("model_weights")
+        source = src["model_weights"]
+        group.attrs["layer_names"] = source.attrs["layer_names"]
+        for layer in map(_text, source.attrs["layer_names"]):
+            out = group.create_group(layer)
+            names = [_text(n) for n in source[layer].attrs["weight_names"]]
+            renamed = []
+            for name in names:
+                owner, role = name.split("/")[-2:]
+                renamed.append(f"{owner}/{'depthwise_kernel' if owner in dw_layers and role == 'kernel' else role}:0")
+            out.attrs["weight_names"] = [n.encode() for n in reversed(renamed)]
+            for old, new in zip(names, renamed):
+                out.create_dataset(new, data=source[layer][old][()])
+    assert_predicts_as_keras(jaxcnn.load(path), "roles")
+
+
+# ---- refusals: named, located, and nothing half-loaded ---------------------------------------------
+
+
+def _copy(tmp_path: pathlib.Path, name: str) -> pathlib.Path:
+    path = tmp_path / pathlib.Path(name).name
+    shutil.copy(DATA / name, path)
+    return path
+
+
+def _refused(model: jaxcnn.Model, path: pathlib.Path) -> str:
+    with pytest.raises(JaxcnnError) as info:
+        load_weights(model, path)
+    assert model.weights is None  # the model passed in is untouched
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_a_weight_of_the_wrong_shape_is_refused_naming_file_layer_weight_and_both_shapes(tmp_path):
+    path = _copy(tmp_path, "roles.weights.h5")
+    with h5py.File(path, "r+") as f:
+        del f["layers/conv2d/vars/0"]
+        f["layers/conv2d/vars/0"] = np.zeros((3, 3, 3, 9), np.float32)
+    message = _refused(jaxcnn.load(DATA / "roles.json"), path)
+    assert "'conv' (Conv2D)" in message and "kernel" in message
+    assert "(3, 3, 3, 9)" in message and "(3, 3, 3, 8)" in message
+
+
+def test_a_missing_weight_is_refused(tmp_path):
+    path = _copy(tmp_path, "roles.weights.h5")
+    with h5py.File(path, "r+") as f:
+        del f["layers/batch_normalization/vars/2"]
+    message = _refused(jaxcnn.load(DATA / "roles.json"), path)
+    assert "'bn_no_center' (BatchNormalization)" in message
+    assert "holds 2 weights" in message and "has 3 (gamma, moving_mean, moving_variance)" in message
+
+
+def test_weights_for_a_layer_the_model_lacks_are_refused(tmp_path):
+    path = _copy(tmp_path, "roles.weights.h5")
+    with h5py.File(path, "r+") as f:
+        f["layers/dense_7/vars/0"] = np.zeros((2, 2), np.float32)
+    assert "layers/dense_7" in _refused(jaxcnn.load(DATA / "roles.json"), path)
+
+
+def test_a_group_recorded_for_another_layer_is_refused(tmp_path):
+    path = _copy(tmp_path, "roles.weights.h5")
+    with h5py.File(path, "r+") as f:
+        assert f["layers/conv2d/vars"].attrs["name"] == "conv"  # Keras 3.9 and later record it
+        f["layers/conv2d/vars"].attrs["name"] = "someone_else"
+    assert "'someone_else', not 'conv'" in _refused(jaxcnn.load(DATA / "roles.json"), path)
+
+
+def test_weights_of_another_model_are_refused(tmp_path):
+    _refused(jaxcnn.load(DATA / "roles.json"), DATA / "cifar_cnn.keras")
+
+
+def test_a_legacy_file_missing_or_adding_a_weight_is_refused(tmp_path):
+    path = _copy(tmp_path, "roles.h5")
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights/fc"]
+        names = [_text(n) for n in group.attrs["weight_names"]]
+        group.attrs["weight_names"] = [n.encode() for n in names if not n.endswith("bias")]
+    model = jaxcnn.load(DATA / "roles.json")
+    message = _refused(model, path)
+    assert "'fc' (Dense)" in message and "lacks the weight fc/bias" in message
+
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights/fc"]
+        group.attrs["weight_names"] = [*(n.encode() for n in names), b"fc/gamma"]
+        group["fc/gamma"] = np.zeros(3, np.float32)
+    assert "a weight fc/gamma that the layer does not have" in _refused(model, path)
+
+
+def test_a_weights_only_file_read_as_a_model_says_how_to_give_its_architecture():
+    with pytest.raises(ConfigError, match=r"weights only .*weights="):
+        jaxcnn.load(DATA / "roles.weights.h5")
+
+
+def test_a_file_of_another_keras_major_version_is_refused_by_name(tmp_path):
+    path = tmp_path / "future.keras"
+    with zipfile.ZipFile(DATA / "cifar_cnn.keras") as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "metadata.json":
+                data = json.dumps({**json.loads(data), "keras_version": "4.0.0"}).encode()
+            dst.writestr(item, data)
+    with pytest.raises(UnsupportedError, match=r"future\.keras: was written by Keras 4\.0\.0"):
+        jaxcnn.load(path)
+
+
+def test_a_truncated_archive_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "cut.keras"
+    path.write_bytes((DATA / "cifar_cnn.keras").read_bytes()[:2000])
+    with pytest.raises(ConfigError, match=r"cut\.keras: cannot be read as a Keras 3"):
+        jaxcnn.load(path)
+
+
+# ---- the mapping table ---------------------------------------------------------------------------
+
+
+def test_snake_case_keys_are_keras():
+    # keras.src.utils.naming.to_snake_case on these names (read there; Keras is not imported here)
+    assert snake_case_key("Conv2D") == "conv2d"
+    assert snake_case_key("DepthwiseConv2D") == "depthwise_conv2d"
+    assert snake_case_key("BatchNormalization") == "batch_normalization"
+    assert snake_case_key("PReLU") == "p_re_lu"
+    assert snake_case_key("Functional") == "functional"
+
+
+def test_every_layer_kind_with_weights_has_a_keras_role_for_each_of_them():
+    """A layer kind that creates weights but is missing from KERAS_WEIGHTS (or maps only some of
+    them) could not be loaded: each registered kind with parameters, built at a small input, maps all."""
+    from jaxcnn.layers import LAYER_TYPES
+
+    weighted = {name for name, cls in LAYER_TYPES.items() if getattr(cls, "has_params", False)}
+    assert weighted - set(KERAS_WEIGHTS) <= {"Nested"}, sorted(weighted - set(KERAS_WEIGHTS))
+    model = jaxcnn.load(DATA / "roles.json")
+    for plan in model.plan():
+        if plan.type in KERAS_WEIGHTS:
+            roles = keras_weights(plan.layer, plan.param_shapes)
+            assert sum(len(s) for s in plan.param_shapes.values()) == len(roles)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_summary_command_reads_a_keras_archive():
+    result = subprocess.run([sys.executable, "-m", "jaxcnn", "summary", str(DATA / "roles.keras")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    want = expected("roles")
+    total = int(want["trainable_params"]) + int(want["non_trainable_params"])
+    assert f"Total params: {total:,}" in result.stdout
+
+
+# ---- export and predict ------------------------------------------------------------------------------
+
+
+def test_a_keras_model_exports_with_its_own_weights_and_the_export_predicts_as_keras(tmp_path):
+    from jaxcnn.artifact import load_artifact
+    from jaxcnn.export import export_model
+
+    out = tmp_path / "roles.jaxcnn"
+    manifest = export_model(DATA / "roles.keras", None, out, platforms=("cpu",))
+    assert manifest["keras_file"] == str(DATA / "roles.keras") and "checkpoint" not in manifest
+    want = expected("roles")
+    for artifact in (load_artifact(out), load_artifact(DATA / "roles.keras")):  # written, and in memory
+        got = artifact.predict(want["inputs"])
+        np.testing.assert_allclose(got, want["outputs"], rtol=0, atol=ATOL)
+        assert artifact.manifest["params_sha256"] == manifest["params_sha256"]
+
+
+def test_a_training_config_without_a_checkpoint_is_refused_naming_the_option(tmp_path):
+    from jaxcnn.errors import ExportError
+    from jaxcnn.export import export_model
+
+    config = pathlib.Path(__file__).parent.parent / "configs" / "digits_cnn.toml"
+    with pytest.raises(ExportError, match=r"digits_cnn\.toml: a training config needs --checkpoint DIR"):
+        export_model(config, None, tmp_path / "x.jaxcnn", platforms=("cpu",))
+    assert not (tmp_path / "x.jaxcnn").exists()
+
+
+def test_predict_files_takes_a_keras_model_and_raw_images_scaled_as_keras_loaders_give_them(tmp_path):
+    """A raw .npy in [0, 1] reaches the Keras model as 0..255 (keras_preprocessing)."""
+    from jaxcnn.artifact import predict_files
+
+    want = expected("roles")
+    np.save(tmp_path / "x.npy", want["inputs"] / 255.0)
+    result = predict_files(DATA / "roles.keras", [tmp_path / "x.npy"], top_k=2)
+    assert result["model"] == "roles"
+    top = [p["top_k"][0] for p in result["predictions"]]
+    assert [t["class"] for t in top] == list(want["outputs"].argmax(-1))
+    np.testing.assert_allclose([t["probability"] for t in top], want["outputs"].max(-1), rtol=0, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_the_commands_take_a_keras_file_directly(tmp_path):
+    want = expected("roles")
+    np.save(tmp_path / "x.npy", want["inputs"][:2] / 255.0)
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "jaxcnn", *argv], capture_output=True,  # noqa: E731
+                                       text=True, timeout=300)
+    result = run("check", str(DATA / "roles.h5"))
+    assert result.returncode == 0 and result.stdout.startswith("ok: "), result.stderr
+    result = run("predict", str(DATA / "roles.keras"), str(tmp_path / "x.npy"), "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    classes = [p["top_k"][0]["class"] for p in json.loads(result.stdout)["predictions"]]
+    assert classes == list(want["outputs"][:2].argmax(-1))
+    result = run("export", str(DATA / "roles.keras"), "--out", str(tmp_path / "m.jaxcnn"), "--platforms", "cpu")
+    assert result.returncode == 0 and (tmp_path / "m.jaxcnn").exists(), result.stderr
