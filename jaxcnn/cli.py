@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive, metavar="N", help="override [train] epochs")
     train.add_argument("--seed", type=int, metavar="S", help="override [train] seed")
     train.add_argument("--quiet", action="store_true", help="no progress output; only the final result line")
+    train.add_argument("--init-from", metavar="FILE",
+                       help="a trained Keras model (.keras, .h5): the config's layers named as the file's start "
+                       "from its weights, the others from their initializers (fine-tuning)")
     train.add_argument("--mesh", choices=("data", "fsdp"), help="override [mesh] strategy: data parallel, or "
                        "FSDP for large parameters (default: data, over every device JAX sees)")
     train.add_argument("--devices", type=_positive, metavar="N", help="override [mesh] devices (default: all)")
@@ -243,7 +246,8 @@ def _train(args: argparse.Namespace) -> int:
 
         initialize_distributed(*distributed)  # before anything starts JAX's backend
     results = train_and_evaluate(args.config, _workdir(args), epochs=args.epochs, seed=args.seed,
-                                 progress=not args.quiet, mesh=args.mesh, devices=args.devices)
+                                 progress=not args.quiet, mesh=args.mesh, devices=args.devices,
+                                 init_from=args.init_from)
     if args.quiet:
         import jax
 

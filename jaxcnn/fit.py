@@ -55,6 +55,7 @@ layer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -215,6 +216,9 @@ class _Run:
     steps_per_epoch: int
     settings: dict[str, Any]
     lead: bool  # the process that writes files and prints
+    # --init-from: (the file, the partial Weights its layers give by name, the layers taken, the layers
+    # left to their initializers), or None
+    init_from: tuple[str, Any, list[str], list[str]] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -243,7 +247,8 @@ class _Run:
 
 
 def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
-            epochs: int | None, seed: int | None, mesh: str | None, devices: int | None) -> _Run:
+            epochs: int | None, seed: int | None, mesh: str | None, devices: int | None,
+            init_from: str | os.PathLike[str] | None = None) -> _Run:
     """Read, validate and prepare everything; raises before any file is written."""
     source = os.fsdecode(config_path)
     doc = read_document(config_path)
@@ -285,10 +290,39 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
     except JaxcnnError as error:
         raise error.located(source=source) from None
     settings = {"train": config.settings(), "data": {**data_lib.DATA_DEFAULTS, **data_table}}
+    start = None
+    if init_from is not None:
+        start = _init_from(model, init_from)
+        settings["init_from"] = {"file": start[0], "sha256": _file_sha256(start[0])}
     return _Run(source=source, workdir=workdir, model=model, config=config, mesh=mesh_config,
                 layout=layout, global_batch=global_batch, train=train, val=val, test=test,
                 preprocessing=preprocessing, compiled=compiled, to_labels=to_labels, steps_per_epoch=steps_per_epoch,
-                settings=settings, lead=jax.process_index() == 0)
+                settings=settings, lead=jax.process_index() == 0, init_from=start)
+
+
+def _init_from(model: Model, path: str | os.PathLike[str]) -> tuple[str, Any, list[str], list[str]]:
+    """``--init-from``: the trained Keras model at ``path`` read, and the weights ``model``'s layers
+    take from it by name (:func:`jaxcnn.keras.files.weights_by_name`)."""
+    from jaxcnn.config import keras_file_kind, load
+    from jaxcnn.keras.files import weights_by_name
+
+    source = os.path.abspath(os.fsdecode(path))
+    if not os.path.exists(source):
+        raise ConfigError("no such file (--init-from)", source=source)
+    if keras_file_kind(source) is None:
+        raise ConfigError("is not a trained Keras model (--init-from takes a .keras or full-model .h5 file)",
+                          source=source)
+    trained = load(source, require_input_shape=True)
+    partial, taken, fresh = weights_by_name(model, trained.weights)
+    return source, partial, taken, fresh
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _open_checkpoints(run: _Run) -> tuple[Checkpoints, Checkpoints]:
@@ -319,7 +353,13 @@ def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
                 f"{len(run.train)} train / {len(run.val)} validation / {len(run.test)} test examples, "
                 f"{plural(run.config.epochs, 'epoch')} of {plural(run.steps_per_epoch, 'step')}, "
                 f"workdir {run.workdir}; {_describe_layout(run)}")
-        return run.compiled.init(run.config.seed), _new_record(run)
+        state = run.compiled.init(run.config.seed)
+        if run.init_from is not None:
+            source, partial, taken, fresh = run.init_from
+            state = run.compiled.with_weights(state, partial, partial=True)
+            out.say(f"started {plural(len(taken), 'layer')} from {source}"
+                    + (f"; {plural(len(fresh), 'layer')} from their initializers: {', '.join(fresh)}" if fresh else ""))
+        return state, _new_record(run)
     state, record = restored
     step = int(state.step)
     out.say(f"resuming from the checkpoint of step {step} in {checkpoints.directory}")
@@ -531,6 +571,7 @@ def train_and_evaluate(
     on_step: Callable[[int], None] | None = None,
     mesh: str | None = None,
     devices: int | None = None,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train the model of a config, with checkpoints, resumption, validation, early stopping, a test
     evaluation, metrics, a plot and ``results.json`` in ``workdir``. Returns the results.
@@ -538,7 +579,10 @@ def train_and_evaluate(
     ``epochs`` and ``seed`` override the config's ``[train]`` values (as ``jaxcnn train --epochs``)
     and are validated as they are. ``on_step(step)`` is called after every training step (for tests
     and tools). ``mesh`` and ``devices`` override ``[mesh] strategy`` and ``devices`` (as
-    ``jaxcnn train --mesh --devices``).
+    ``jaxcnn train --mesh --devices``). ``init_from`` (``--init-from``), a trained Keras model file:
+    a fresh run starts every layer named as one of the file's from the file's weights (a fine-tuning;
+    ``trainable = false`` layers stay frozen), the others from their initializers; the file is one
+    of the run's settings, so a resume with another is refused.
 
     Raises:
       ConfigError: a bad config or override (file and key named); nothing is written then.
@@ -546,7 +590,7 @@ def train_and_evaluate(
         with other settings (it is left untouched; the run does not start over).
       NonFiniteError: a non-finite loss or gradient with ``on_nonfinite = "stop"``.
     """
-    run = _set_up(config_path, workdir, epochs=epochs, seed=seed, mesh=mesh, devices=devices)
+    run = _set_up(config_path, workdir, epochs=epochs, seed=seed, mesh=mesh, devices=devices, init_from=init_from)
     out = Progress(stream or sys.stderr, progress and run.lead)
     checkpoints, best = _open_checkpoints(run)
     try:

@@ -281,18 +281,26 @@ class CompiledModel:
         base = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
         state = self._init(base)
         weights = getattr(self.model, "weights", None)
-        return state if weights is None else self._with_weights(state, weights)
+        return state if weights is None else self.with_weights(state, weights)
 
-    def _with_weights(self, state: TrainState, weights: Any) -> TrainState:
+    def with_weights(self, state: TrainState, weights: Any, *, partial: bool = False) -> TrainState:
         """``state`` with the parameters and statistics of ``weights`` (a Keras file's, read against
-        the model's plan), placed as ``state``'s are, and a fresh optimizer state for them."""
-        def put(tree: Any, loaded: Any, collection: str) -> Any:
-            keys = lambda t: {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]}  # noqa: E731
-            if keys(tree) != keys(loaded):  # read_weights checked them against the plan: a jaxcnn defect
-                raise AssertionError(f"{weights.source}: the {collection} read differ from the module's: "
-                                     f"{sorted(keys(tree) ^ keys(loaded))[:4]}")
-            return jax.tree.map(lambda ref, value: jax.device_put(np.asarray(value, ref.dtype), ref.sharding),
-                                tree, loaded)
+        the model's plan: :class:`jaxcnn.keras.weights.Weights`), placed as ``state``'s are, and a
+        fresh optimizer state for them. ``partial``: ``weights`` may hold some layers only (a
+        fine-tuning's base: :func:`jaxcnn.keras.files.weights_by_name`); the others keep ``state``'s."""
+        def put(tree: Any, loaded: Any, path: str) -> Any:
+            if isinstance(tree, Mapping):
+                loaded = {} if loaded is None else loaded
+                extra = sorted(set(loaded) - set(tree))
+                if extra or (not partial and set(loaded) != set(tree)):  # read against the plan: a jaxcnn defect
+                    raise AssertionError(f"{weights.source}: the weights read at {path or '/'} ({sorted(loaded)}) "
+                                         f"differ from the module's ({sorted(tree)})")
+                return {k: put(v, loaded.get(k), f"{path}/{k}") for k, v in tree.items()}
+            if loaded is None:
+                if not partial:
+                    raise AssertionError(f"{weights.source}: no weight read for {path}")
+                return tree
+            return jax.device_put(np.asarray(loaded, tree.dtype), tree.sharding)
         params = put(state.params, weights.params, "params")
         batch_stats = put(state.batch_stats, weights.batch_stats, "batch_stats")
         opt_state = jax.jit(self.optimizer.init)(params)

@@ -296,3 +296,121 @@ def test_the_commands_take_a_keras_file_directly(tmp_path):
     assert classes == list(want["outputs"][:2].argmax(-1))
     result = run("export", str(DATA / "roles.keras"), "--out", str(tmp_path / "m.jaxcnn"), "--platforms", "cpu")
     assert result.returncode == 0 and (tmp_path / "m.jaxcnn").exists(), result.stderr
+
+
+# ---- fine-tuning: train --init-from --------------------------------------------------------------
+
+FINETUNE = """
+[model]
+name = "finetune"
+input_shape = [32, 32, 3]
+
+[[layers]]
+type = "Conv2D"
+name = "conv2d_20"
+filters = 16
+kernel_size = 2
+padding = "same"
+activation = "relu"
+trainable = false
+
+[[layers]]
+type = "MaxPooling2D"
+pool_size = 2
+
+[[layers]]
+type = "Conv2D"
+name = "conv2d_21"
+filters = 32
+kernel_size = 2
+padding = "same"
+activation = "relu"
+trainable = false
+
+[[layers]]
+type = "MaxPooling2D"
+pool_size = 2
+
+[[layers]]
+type = "Conv2D"
+name = "conv2d_22"
+filters = 64
+kernel_size = 2
+padding = "same"
+activation = "relu"
+trainable = false
+
+[[layers]]
+type = "MaxPooling2D"
+pool_size = 2
+
+[[layers]]
+type = "Flatten"
+
+[[layers]]
+type = "Dense"
+name = "dense_5"
+units = 500
+activation = "relu"
+
+[[layers]]
+type = "Dense"
+name = "head"
+units = 10
+activation = "softmax"
+
+[data]
+name = "digits"
+fit = "resize"
+
+[train]
+epochs = 1
+batch_size = 128
+"""
+
+
+def test_init_from_starts_the_layers_named_as_the_files_and_keeps_the_frozen_ones(tmp_path):
+    """The seed CIFAR CNN saved by Keras as a base: its three convolutions frozen, its first Dense
+    fine-tuned, a new head (another name) from its initializer, trained on digits resized to 32x32."""
+    import io
+
+    from jaxcnn.checkpoint import Checkpoints, model_fingerprint
+    from jaxcnn.fit import train_and_evaluate
+
+    config = tmp_path / "finetune.toml"
+    config.write_text(FINETUNE)
+    keras_file = DATA / "cifar_cnn.keras"
+    stream = io.StringIO()
+    results = train_and_evaluate(config, tmp_path / "run", init_from=keras_file, stream=stream)
+    assert f"started 4 layers from {keras_file}; 1 layer from their initializers: head" in stream.getvalue()
+    # chance is 0.1: the base holds random weights (the fixture's), yet one epoch of its head learns
+    assert results["test_accuracy"] > 0.25
+
+    model = jaxcnn.load(config)
+    compiled = jaxcnn.compile(model)
+    abstract = compiled.abstract_state()
+    variables, _ = Checkpoints(tmp_path / "run" / "checkpoints", fingerprint=model_fingerprint(model),
+                               keep=10**6).restore_variables({"params": abstract.params,
+                                                              "batch_stats": abstract.batch_stats})
+    trained = jaxcnn.load(keras_file).weights.params
+    for name in ("conv2d_20", "conv2d_21", "conv2d_22"):  # frozen: still the file's, bit for bit
+        for key in ("kernel", "bias"):
+            np.testing.assert_array_equal(np.asarray(variables["params"][name][key]), trained[name][key])
+    assert not np.allclose(np.asarray(variables["params"]["dense_5"]["kernel"]), trained["dense_5"]["kernel"])
+
+    # the file is one of the run's settings: a resume without it (or with another) is refused
+    from jaxcnn.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="init_from"):
+        train_and_evaluate(config, tmp_path / "run", epochs=2, progress=False)
+
+
+def test_init_from_refuses_a_layer_of_the_same_name_and_another_shape(tmp_path):
+    from jaxcnn.fit import train_and_evaluate
+
+    config = tmp_path / "finetune.toml"
+    config.write_text(FINETUNE.replace("units = 500", "units = 400"))
+    with pytest.raises(ConfigError, match=r"cifar_cnn\.keras: layer 7 'dense_5' \(Dense\): its weight kernel has "
+                                          r"shape \(1024, 500\) in the file, the model's is \(1024, 400\)"):
+        train_and_evaluate(config, tmp_path / "run", init_from=DATA / "cifar_cnn.keras", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

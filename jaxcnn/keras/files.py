@@ -10,7 +10,7 @@ from typing import Any
 
 from jaxcnn.errors import ConfigError
 
-__all__ = ["load_weights", "open_keras_file"]
+__all__ = ["load_weights", "open_keras_file", "weights_by_name"]
 
 
 def _h5py() -> Any:
@@ -78,3 +78,59 @@ def load_weights(model: Any, path: str | os.PathLike[str], *, keras_doc: Mapping
         return model.with_weights(read_weights(h5, model, source=source, keras_doc=keras_doc))
     finally:
         h5.close()
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def weights_by_name(model: Any, weights: Any) -> tuple[Any, list[str], list[str]]:
+    """The part of ``weights`` (another model's, read from a Keras file) that ``model`` takes by
+    layer name, for a fine-tuning: every layer of ``model`` with weights whose name is a layer of the
+    file takes the file's weights, which must have the same names and shapes; the others keep their
+    initializers. Returns ``(the partial Weights, the layers taken, the layers left to their
+    initializers)``.
+
+    Raises:
+      ConfigError: a layer of both with other weights or shapes (the layer, the weight and both shapes
+        named), or no layer of ``model`` named as one of the file's.
+    """
+    from jaxcnn.keras.weights import Weights
+
+    source = weights.source
+    taken: list[str] = []
+    fresh: list[str] = []
+    tree: dict[str, dict[str, Any]] = {"params": {}, "batch_stats": {}}
+    stored = {"params": weights.params, "batch_stats": weights.batch_stats}
+    for plan in model.plan():
+        if not any(plan.param_shapes.values()):
+            continue
+        if not any(plan.name in stored[c] for c in stored):
+            fresh.append(plan.name)
+            continue
+        where = dict(source=source, index=plan.index, layer_name=plan.name, layer_type=plan.type)
+        for collection in stored:
+            want = dict(plan.param_shapes.get(collection, {}))
+            have = _flat(stored[collection].get(plan.name, {}))
+            if set(want) != set(have):
+                raise ConfigError(f"the file's layer of this name holds {collection} {sorted(have) or 'none'}, the "
+                                  f"model's {sorted(want) or 'none'}: rename the layer to start it from its initializer",
+                                  **where)
+            for name, shape in want.items():
+                if tuple(have[name].shape) != tuple(shape):
+                    raise ConfigError(f"its weight {name} has shape {tuple(have[name].shape)} in the file, the "
+                                      f"model's is {tuple(shape)}: rename the layer to start it from its initializer",
+                                      **where)
+            if want:
+                tree[collection][plan.name] = stored[collection][plan.name]
+        taken.append(plan.name)
+    if not taken:
+        raise ConfigError(f"no layer of the model ({', '.join(fresh) or 'none with weights'}) is named as a layer "
+                          "of this file: the layers to start from the file must keep its names", source=source)
+    return Weights(tree["params"], tree["batch_stats"], source), taken, fresh
