@@ -22,7 +22,7 @@ from jaxcnn.keras.files import load_weights
 from jaxcnn.keras.weights import KERAS_WEIGHTS, keras_weights, snake_case_key
 
 DATA = pathlib.Path(__file__).parent / "data" / "keras_weights"
-MODELS = ("cifar_cnn", "roles")
+MODELS = ("cifar_cnn", "roles", "operations")
 # float32 predictions against Keras's: the same arithmetic in another order (XLA's fusions, oneDNN's
 # convolutions) differs by a few float32 ulps per layer; probabilities agree to about 1e-7.
 ATOL = 1e-5
@@ -56,16 +56,19 @@ def test_a_legacy_full_model_h5_predicts_as_keras():
     assert_predicts_as_keras(jaxcnn.load(DATA / "roles.h5"), "roles")
 
 
-@pytest.mark.parametrize("weights", [".weights.h5", ".h5", ".keras"])
-def test_weights_files_applied_to_the_json_architecture_predict_as_keras(weights):
-    assert_predicts_as_keras(jaxcnn.load(DATA / "roles.json", weights=DATA / f"roles{weights}"), "roles")
+@pytest.mark.parametrize("name, weights", [("roles", ".weights.h5"), ("roles", ".h5"), ("roles", ".keras"),
+                                           ("operations", ".weights.h5")])
+def test_weights_files_applied_to_the_json_architecture_predict_as_keras(name, weights):
+    assert_predicts_as_keras(jaxcnn.load(DATA / f"{name}.json", weights=DATA / f"{name}{weights}"), name)
 
 
-def test_a_keras3_weights_file_follows_the_models_own_order_without_its_description():
+@pytest.mark.parametrize("name", ["roles", "operations"])
+def test_a_keras3_weights_file_follows_the_models_own_order_without_its_description(name):
     """A model with Keras's layer order (read from to_json() here, as one built in Python would be)
-    takes a .weights.h5 with no Keras description beside it."""
-    model = jaxcnn.load(DATA / "roles.json")
-    assert_predicts_as_keras(load_weights(model, DATA / "roles.weights.h5"), "roles")
+    takes a .weights.h5 with no Keras description beside it; an operation (`x * 0.5`) takes no
+    group name there, as in Keras."""
+    model = jaxcnn.load(DATA / f"{name}.json")
+    assert_predicts_as_keras(load_weights(model, DATA / f"{name}.weights.h5"), name)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -222,7 +222,9 @@ class _Keras3:
 
     def walk(self, model: Any, doc: Mapping[str, Any] | None, prefix: str, path: tuple[str, ...]) -> None:
         plans = {p.name: (p, inner) for p, inner in _layers(model)}
-        entries = _doc_layers(doc) if doc is not None else [(p.type, p.name, None) for p, _ in plans.values()]
+        entries = _doc_layers(doc) if doc is not None else [
+            (p.type, p.name, None) for p, _ in plans.values()
+            if getattr(p.layer, "constant", None) is None]  # `x + 3.0` is an operation in Keras, not a layer
         used: dict[str, int] = {}
         seen: set[str] = set()
         for class_name, name, sub_doc in entries:
@@ -299,11 +301,15 @@ def _holds_arrays(group: Any) -> bool:
 
 def _doc_layers(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     """``(class_name, name, nested model document or None)`` of each layer entry of a Keras model
-    document, in its order (which is ``model.layers``' order, the order Keras saved in)."""
+    document, in its order (which is ``model.layers``' order, the order Keras saved in). Keras 3's
+    operations on tensors (MobileNetV3's ``x + 3.0``, jaxcnn's ``Add(constant=...)``) are entries
+    too but not layers, so they are left out."""
     config = doc.get("config", {})
     entries = config if isinstance(config, list) else config.get("layers", [])
     out = []
     for entry in entries:
+        if str(entry.get("module", "")).startswith("keras.src.ops."):
+            continue  # an operation (`x + 3.0`): not in model.layers, no weights, no group name taken
         class_name = entry.get("class_name")
         conf = entry.get("config", {})
         name = conf.get("name") if isinstance(conf, Mapping) else None

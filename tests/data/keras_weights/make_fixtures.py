@@ -11,9 +11,10 @@ that landed in the wrong place must change the predictions):
 
 - ``<name>.keras``: ``model.save``, the Keras 3 archive (config.json, model.weights.h5, metadata.json);
 - ``<name>.json``: ``model.to_json()``, the architecture that a weights-only file goes with;
-- for the models of :data:`EVERY_FORM`: ``<name>.weights.h5``, ``model.save_weights``, Keras 3's
-  weights-only file, and ``<name>.h5``, ``model.save(..., ".h5")``, the legacy full-model HDF5
-  (``model_config`` and ``model_weights``, weights named by layer as tf.keras wrote them);
+- for the models of :data:`WEIGHTS_FILE`: ``<name>.weights.h5``, ``model.save_weights``, Keras 3's
+  weights-only file; for those of :data:`LEGACY_H5`: ``<name>.h5``, ``model.save(..., ".h5")``, the
+  legacy full-model HDF5 (``model_config`` and ``model_weights``, weights named by layer as tf.keras
+  wrote them);
 - ``<name>.expected.npz``: ``inputs`` (8 images drawn with numpy's seed 1) and ``outputs``, Keras's
   ``model.predict(inputs)`` in float32, and Keras's trainable and non-trainable parameter counts.
 
@@ -22,7 +23,7 @@ The models cover every weight role jaxcnn maps (:data:`jaxcnn.keras.weights.KERA
 (Conv2D with and without bias and with groups, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
 BatchNormalization with ``center``/``scale`` off, LayerNormalization, GroupNormalization, PReLU, an
 adapted Normalization, Dense) and a nested Sequential and a nested functional model, with a frozen
-layer.
+layer; ``operations`` has operations on a tensor among its layers (:func:`operations`).
 """
 
 from __future__ import annotations
@@ -78,9 +79,25 @@ def roles() -> keras.Model:
     return keras.Model(x, out, name="roles")
 
 
-MODELS = {"cifar_cnn": cifar_cnn, "roles": roles}
-#: the models written in every form; the others (2 MB each) as a .keras archive and to_json() only
-EVERY_FORM = ("roles",)
+def operations() -> keras.Model:
+    """Operations on a tensor (``x * 0.5 + 1.0``, as MobileNetV3's hard sigmoid): Keras 3 lists them
+    among the layers of its JSON but not in ``model.layers``, so they take no group name in the
+    weights file; an ``Add`` layer after the ``Add`` operation keeps the group name ``add``."""
+    x = keras.Input((8, 8, 3), name="image")
+    h = layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    g = h * 0.5 + 1.0
+    h = layers.Add(name="sum")([h, g])
+    h = layers.BatchNormalization(name="bn")(h)
+    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(x, layers.Dense(3, activation="softmax", name="head")(h), name="operations")
+
+
+MODELS = {"cifar_cnn": cifar_cnn, "roles": roles, "operations": operations}
+#: the models written with a weights-only file (the others, 2 MB each for cifar_cnn, as a .keras
+#: archive and to_json() only), and as a legacy .h5: Keras 3 writes a model with operations into a
+#: legacy .h5 that it cannot read back ("Only input tensors may be passed as positional arguments")
+WEIGHTS_FILE = ("roles", "operations")
+LEGACY_H5 = ("roles",)
 
 
 def perturb(model: keras.Model, rng: np.random.Generator) -> None:
@@ -112,8 +129,9 @@ def main() -> None:
         outputs = model.predict(inputs, verbose=0).astype(np.float32)
         model.save(HERE / f"{name}.keras")
         (HERE / f"{name}.json").write_text(json.dumps(json.loads(model.to_json()), indent=1) + "\n")
-        if name in EVERY_FORM:
+        if name in WEIGHTS_FILE:
             model.save_weights(HERE / f"{name}.weights.h5")
+        if name in LEGACY_H5:
             model.save(HERE / f"{name}.h5")
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         np.savez(HERE / f"{name}.expected.npz", inputs=inputs, outputs=outputs,
