@@ -22,7 +22,7 @@ from jaxcnn.keras.files import load_weights
 from jaxcnn.keras.weights import KERAS_WEIGHTS, keras_weights, snake_case_key
 
 DATA = pathlib.Path(__file__).parent / "data" / "keras_weights"
-MODELS = ("cifar_cnn", "roles", "operations")
+MODELS = ("cifar_cnn", "roles", "operations", "MobileNet", "MobileNetV3Small")
 # float32 predictions against Keras's: the same arithmetic in another order (XLA's fusions, oneDNN's
 # convolutions) differs by a few float32 ulps per layer; probabilities agree to about 1e-7.
 ATOL = 1e-5
@@ -417,3 +417,26 @@ def test_init_from_refuses_a_layer_of_the_same_name_and_another_shape(tmp_path):
                                           r"shape \(1024, 500\) in the file, the model's is \(1024, 400\)"):
         train_and_evaluate(config, tmp_path / "run", init_from=DATA / "cifar_cnn.keras", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+# ---- every keras.applications architecture (Keras writes the files: too large to commit) --------------
+
+APPLICATIONS = sorted(p.name.removesuffix(".json.gz") for p in (DATA.parent / "keras_applications").glob("*.json.gz")
+                      if not p.name.startswith("nested_"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_every_application_predicts_as_keras(name):
+    """Keras saves the architecture (weights=None, moved statistics) and predicts; jaxcnn loads the
+    file and predicts within 1e-5, top-1 identical (tests/data/keras_weights/check_applications.py).
+    The committed fixtures hold two small architectures; all 40 need Keras and
+    JAXCNN_ALL_APPLICATIONS=1 (about 25 minutes on a 2-core CPU)."""
+    import os
+
+    if os.environ.get("JAXCNN_ALL_APPLICATIONS") != "1":
+        pytest.skip("JAXCNN_ALL_APPLICATIONS=1 runs every architecture (Keras needed)")
+    pytest.importorskip("keras")
+    result = subprocess.run([sys.executable, str(DATA / "check_applications.py"), name], capture_output=True,
+                            text=True, timeout=1800, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]

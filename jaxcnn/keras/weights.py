@@ -171,7 +171,7 @@ def _array(dataset: Any, source: str, where: str) -> np.ndarray:
         raise ConfigError(f"cannot read the weight {where} ({error})", source=source) from None
     if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise ConfigError(f"the weight {where} holds {value.dtype} values, not numbers", source=source)
-    return value.astype(np.float32)
+    return value.astype(np.float32, copy=False)  # a float32 file (the usual) is not copied again
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

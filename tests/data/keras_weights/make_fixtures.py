@@ -3,7 +3,7 @@
 Run (Keras 3 with the JAX backend; Keras is needed only here, never by jaxcnn or its tests)::
 
     pip install "jaxcnn[keras]"        # or: pip install keras
-    KERAS_BACKEND=jax python tests/data/keras_weights/make_fixtures.py
+    KERAS_BACKEND=jax python tests/data/keras_weights/make_fixtures.py [NAME ...]
 
 For each model below it writes, with weights drawn by Keras (``keras.utils.set_random_seed(0)``) and
 then perturbed so that no bias, gamma, beta or moving statistic keeps its initial value (a weight
@@ -23,7 +23,8 @@ The models cover every weight role jaxcnn maps (:data:`jaxcnn.keras.weights.KERA
 (Conv2D with and without bias and with groups, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
 BatchNormalization with ``center``/``scale`` off, LayerNormalization, GroupNormalization, PReLU, an
 adapted Normalization, Dense) and a nested Sequential and a nested functional model, with a frozen
-layer; ``operations`` has operations on a tensor among its layers (:func:`operations`).
+layer; ``operations`` has operations on a tensor among its layers (:func:`operations`); and the
+keras.applications of :data:`APPLICATIONS`, small variants of real architectures.
 """
 
 from __future__ import annotations
@@ -92,7 +93,25 @@ def operations() -> keras.Model:
     return keras.Model(x, layers.Dense(3, activation="softmax", name="head")(h), name="operations")
 
 
-MODELS = {"cifar_cnn": cifar_cnn, "roles": roles, "operations": operations}
+#: keras.applications architectures small enough to commit (about 1 MB of weights each): weights=None,
+#: 10 classes, 32x32; their inputs are drawn in 0..255 (MobileNetV3 rescales them itself)
+APPLICATIONS = {
+    "MobileNet": dict(alpha=0.25),
+    # its hard-swish and squeeze-and-excitation blocks (operations on tensors among its layers), without
+    # the 1024-wide top: the pooled features are the outputs compared
+    "MobileNetV3Small": dict(alpha=0.35, include_top=False, pooling="avg"),
+}
+
+
+def application(name: str) -> keras.Model:
+    arguments = {"classes": 10, **APPLICATIONS[name]}
+    if arguments.get("include_top") is False:
+        del arguments["classes"]
+    return getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), **arguments)
+
+
+MODELS = {"cifar_cnn": cifar_cnn, "roles": roles, "operations": operations,
+          **{name: (lambda name=name: application(name)) for name in APPLICATIONS}}
 #: the models written with a weights-only file (the others, 2 MB each for cifar_cnn, as a .keras
 #: archive and to_json() only), and as a legacy .h5: Keras 3 writes a model with operations into a
 #: legacy .h5 that it cannot read back ("Only input tensors may be passed as positional arguments")
@@ -100,13 +119,14 @@ WEIGHTS_FILE = ("roles", "operations")
 LEGACY_H5 = ("roles",)
 
 
-def perturb(model: keras.Model, rng: np.random.Generator) -> None:
+def perturb(model: keras.Model, rng: np.random.Generator, *, kernels: bool = True) -> None:
     """Move every weight off its initial value (zeros, ones, a constant), so that a weight mapped
     to the wrong place changes the predictions; variances stay positive. An adapted Normalization
-    keeps its statistics (Keras computes from them once, at adapt or load)."""
+    keeps its statistics (Keras computes from them once, at adapt or load). ``kernels=False`` leaves
+    the (already random) kernels of a deep network alone, so its activations stay in range."""
     adapted = {id(w) for layer in model.layers if isinstance(layer, layers.Normalization) for w in layer.weights}
     for weight in model.weights:
-        if id(weight) in adapted:
+        if id(weight) in adapted or (not kernels and weight.path.endswith("kernel")):
             continue
         value = np.asarray(weight.numpy())
         noise = rng.normal(0.0, 0.1, value.shape).astype(value.dtype)
@@ -116,16 +136,17 @@ def perturb(model: keras.Model, rng: np.random.Generator) -> None:
             weight.assign(value + noise)
 
 
-def main() -> None:
-    for name, build in MODELS.items():
+def main(names: list[str]) -> None:
+    for name in names or MODELS:
         keras.utils.set_random_seed(0)
-        model = build()
+        model = MODELS[name]()
         rng = np.random.default_rng(0)
-        inputs = np.random.default_rng(1).uniform(0.0, 1.0, (8, *model.input_shape[1:])).astype(np.float32)
+        scale = 255.0 if name in APPLICATIONS else 1.0
+        inputs = np.random.default_rng(1).uniform(0.0, scale, (8, *model.input_shape[1:])).astype(np.float32)
         for layer in model.layers:
             if isinstance(layer, layers.Normalization):
                 layer.adapt(inputs)
-        perturb(model, rng)
+        perturb(model, rng, kernels=name not in APPLICATIONS)
         outputs = model.predict(inputs, verbose=0).astype(np.float32)
         model.save(HERE / f"{name}.keras")
         (HERE / f"{name}.json").write_text(json.dumps(json.loads(model.to_json()), indent=1) + "\n")
@@ -142,4 +163,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
