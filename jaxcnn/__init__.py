@@ -56,6 +56,7 @@ _EXPORTS = {
     "from_keras_json": "jaxcnn.keras",
     "load": "jaxcnn.config",
     "load_weights": "jaxcnn.keras.files",
+    "save_keras": "jaxcnn.keras.save",
 }
 _SUBMODULES = ("errors", "layers")
 

@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="the export file to write (replaced atomically; its folder is created)")
     export.add_argument("--platforms", default="cpu,cuda,tpu", type=_platforms, metavar="P,Q",
                         help="platforms to lower for (default: cpu,cuda,tpu)")
+    export.add_argument("--format", choices=("jaxcnn", "keras"), default="jaxcnn",
+                        help="jaxcnn: the jax.export file that `jaxcnn predict` serves (default); keras: a "
+                        "Keras 3 .keras archive that keras.saving.load_model reads")
     export.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="the forward pass's precision (default: float32; bfloat16 agrees within 0.05)")
 
@@ -213,9 +216,13 @@ def _run(args: argparse.Namespace) -> int:
         from jaxcnn.export import export_model
 
         manifest = export_model(args.config, args.checkpoint, args.out, platforms=args.platforms,
-                                precision=args.precision)
-        print(f"wrote {args.out}: {manifest['model']!r}, input {tuple(manifest['input_signature']['shape'])}, "
-              f"{manifest['precision']}, lowered for {', '.join(manifest['platforms'])}")
+                                precision=args.precision, format=args.format)
+        if args.format == "keras":
+            print(f"wrote {args.out}: {manifest['model']!r}, input {tuple(manifest['input_signature']['shape'])}, "
+                  "a Keras 3 archive (keras.saving.load_model)")
+        else:
+            print(f"wrote {args.out}: {manifest['model']!r}, input {tuple(manifest['input_signature']['shape'])}, "
+                  f"{manifest['precision']}, lowered for {', '.join(manifest['platforms'])}")
     elif args.command == "info":
         import json
 

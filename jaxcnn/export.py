@@ -28,10 +28,12 @@ from jaxcnn.errors import ExportError, JaxcnnError
 from jaxcnn.files import atomic_path
 from jaxcnn.train import CompiledModel, compile, params_sha256
 
-__all__ = ["PLATFORMS", "checkpoint_folder", "export_keras", "export_model", "export_parts", "forward_function",
+__all__ = ["FORMATS", "PLATFORMS", "checkpoint_folder", "export_keras", "export_model", "export_parts", "forward_function",
            "keras_preprocessing", "without_onednn", "write_artifact"]
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+#: ``jaxcnn export --format``: the jax.export file (:mod:`jaxcnn.artifact`), or a Keras 3 archive
+FORMATS = ("jaxcnn", "keras")
 
 
 def checkpoint_folder(path: str | os.PathLike[str]) -> pathlib.Path:
@@ -76,10 +78,13 @@ def export_model(
     *,
     platforms: Sequence[str] = PLATFORMS,
     precision: str = "float32",
+    format: str = "jaxcnn",  # noqa: A002  (the command's --format)
 ) -> dict[str, Any]:
     """Write the model of ``config_path`` with the parameters of ``checkpoint`` to ``out``; a trained
     Keras model (``.keras``, a full-model ``.h5``) with no ``checkpoint`` is written with its own
-    weights (:func:`export_keras`).
+    weights (:func:`export_keras`). ``format="keras"`` writes a Keras 3 ``.keras`` archive instead
+    (:func:`jaxcnn.keras.save.save_keras`), which ``keras.saving.load_model`` reads; its manifest-like
+    return value names the file, the model and the parameters' sha256.
 
     The forward pass is serialized with ``jax.export`` for a symbolic batch dimension, lowered for
     every platform in ``platforms`` at once (a CPU-only machine can lower for cuda and tpu). Returns
@@ -88,10 +93,17 @@ def export_model(
     from jaxcnn.config import keras_file_kind
 
     source = os.fsdecode(config_path)
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     if checkpoint is None:
         if keras_file_kind(source) is None:
             raise ExportError("a training config needs --checkpoint DIR (the run's checkpoints); only a "
                               "trained Keras model (.keras, .h5) carries its own weights", source=source)
+        if format == "keras":
+            from jaxcnn.config import load
+
+            model = load(source, require_input_shape=True)
+            return _write_keras(model, model.weights.variables(), out, origin={"keras_file": source})
         return export_keras(source, out, platforms=platforms, precision=precision)
     target = _writable_target(out)  # before any work: a wrong --out fails at once
     _check_platforms(platforms)
@@ -104,6 +116,9 @@ def export_model(
     if restored is None:  # pragma: no cover - checkpoint_folder found numbered folders
         raise ExportError("holds no checkpoint", source=str(folder))
     variables, record = restored
+    if format == "keras":
+        return _write_keras(model, variables, target,
+                            origin={"checkpoint": {"folder": str(folder), "step": int(record["step"])}})
     preprocessing = record.get("preprocessing")
     if preprocessing is None:
         raise ExportError("its record has no preprocessing recipe (a checkpoint from an older jaxcnn?)",
@@ -112,6 +127,20 @@ def export_model(
                                    origin={"checkpoint": {"folder": str(folder), "step": int(record["step"])}})
     write_artifact(target, manifest, parts)
     return manifest
+
+
+def _write_keras(model: Any, variables: dict[str, Any], out: str | os.PathLike[str],
+                 origin: dict[str, Any]) -> dict[str, Any]:
+    from jaxcnn.keras.save import save_keras
+
+    target = _writable_target(out)
+    try:
+        save_keras(model, variables, target)
+    except JaxcnnError as error:
+        raise error.located(source=str(target)) from None
+    return {"format": "keras", "file": str(target), "model": model.name,
+            "input_signature": {"shape": [None, *model.input_shape], "dtype": "float32"},
+            "params_sha256": params_sha256(variables["params"]), **origin}
 
 
 def keras_preprocessing(input_shape: Sequence[int]) -> dict[str, Any]:

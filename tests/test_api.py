@@ -19,7 +19,7 @@ KERAS = pathlib.Path(__file__).parent / "data" / "keras"
 # README "Inputs", "Shape checks" and "Training": the names a user reaches as jaxcnn.<name>
 DOCUMENTED = {
     "Sequential": "jaxcnn.model", "compile": "jaxcnn.train", "load": "jaxcnn.config",
-    "load_weights": "jaxcnn.keras.files",
+    "load_weights": "jaxcnn.keras.files", "save_keras": "jaxcnn.keras.save",
     "from_keras_json": "jaxcnn.config", "JaxcnnError": "jaxcnn.errors",
     "Model": "jaxcnn.graph", "Input": "jaxcnn.graph",  # the functional Input (a tensor)
     **{layer: "jaxcnn.layers" for layer in (
@@ -66,8 +66,8 @@ def test_the_top_level_exports_exactly_the_documented_names():
 def test_layers_are_reached_by_their_keras_names():
     # every layer type a config may name is the class of that name in jaxcnn.layers (as keras.layers);
     # the README's are also at jaxcnn.<Name>
-    documented = set(DOCUMENTED) - {"Sequential", "compile", "load", "load_weights", "from_keras_json", "JaxcnnError",
-                                     "Input", "Model"}
+    documented = set(DOCUMENTED) - {"Sequential", "compile", "load", "load_weights", "save_keras", "from_keras_json",
+                                     "JaxcnnError", "Input", "Model"}
     assert documented < set(jaxcnn.layers.LAYER_TYPES)
     for name, cls in jaxcnn.layers.LAYER_TYPES.items():
         assert cls.__name__ == name and getattr(jaxcnn.layers, name) is cls

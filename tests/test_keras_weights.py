@@ -5,6 +5,7 @@ moved off their initial values, so a misplaced one changes the predictions."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -440,3 +441,76 @@ def test_every_application_predicts_as_keras(name):
     result = subprocess.run([sys.executable, str(DATA / "check_applications.py"), name], capture_output=True,
                             text=True, timeout=1800, env={**os.environ, "KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+# ---- back to Keras: save_keras, export --format keras -------------------------------------------------
+
+
+def _keras():
+    """Keras 3 on JAX, where installed (the peers extra); the test is skipped otherwise."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    return pytest.importorskip("keras")
+
+
+@pytest.mark.parametrize("name", ["roles", "operations", "MobileNetV3Small"])
+def test_save_keras_writes_what_jaxcnn_reads_back_equal(name, tmp_path):
+    """A model read from Keras, written back (config.json, model.weights.h5 in Keras 3's layout,
+    the layer name recorded on each group) and read again: the same weights, bit for bit."""
+    model = jaxcnn.load(DATA / f"{name}.keras")
+    out = jaxcnn.save_keras(model, None, tmp_path / f"{name}.keras")
+    back = jaxcnn.load(out)
+    flat = lambda tree: {"/".join(map(str, (k.key for k in path))): np.asarray(v)  # noqa: E731
+                         for path, v in __import__("jax").tree_util.tree_flatten_with_path(tree)[0]}
+    for collection in ("params", "batch_stats"):
+        want, got = flat(getattr(model.weights, collection)), flat(getattr(back.weights, collection))
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert back.count_params() == model.count_params()
+    assert_predicts_as_keras(back, name)
+
+
+@pytest.mark.parametrize("name", ["roles", "operations", "MobileNetV3Small", "cifar_cnn"])
+def test_keras_loads_what_save_keras_writes_and_predicts_as_jaxcnn(name, tmp_path):
+    """The round trip through Keras itself (the peers extra; skipped without Keras)."""
+    keras = _keras()
+    model = jaxcnn.load(DATA / f"{name}.keras")
+    out = jaxcnn.save_keras(model, None, tmp_path / f"{name}.keras")
+    want = expected(name)
+    loaded = keras.saving.load_model(out)
+    np.testing.assert_allclose(loaded.predict(want["inputs"], verbose=0),
+                               predictions(model, want["inputs"]), rtol=0, atol=ATOL)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in keras.saving.load_model(
+        DATA / f"{name}.keras").layers]
+
+
+@pytest.mark.slow
+def test_export_format_keras_writes_a_trained_runs_model(tmp_path):
+    """`jaxcnn export CONFIG --checkpoint DIR --format keras`: the checkpoint's parameters in a Keras
+    archive that jaxcnn reads back with the same predictions (and Keras too, where installed)."""
+    from jaxcnn.export import export_model
+    from jaxcnn.fit import train_and_evaluate
+
+    config = tmp_path / "finetune.toml"
+    config.write_text(FINETUNE.replace('trainable = false\n', ''))
+    train_and_evaluate(config, tmp_path / "run", progress=False)
+    manifest = export_model(config, tmp_path / "run", tmp_path / "model.keras", format="keras")
+    assert manifest["format"] == "keras" and manifest["checkpoint"]["step"] > 0
+    back = jaxcnn.load(tmp_path / "model.keras")
+    images = expected("cifar_cnn")["inputs"]
+    mine = jaxcnn.compile(jaxcnn.load(config))
+    abstract = mine.abstract_state()
+    from jaxcnn.checkpoint import Checkpoints, model_fingerprint
+
+    variables, _ = Checkpoints(tmp_path / "run" / "best", fingerprint=model_fingerprint(mine.model),
+                               keep=10**6).restore_variables({"params": abstract.params,
+                                                              "batch_stats": abstract.batch_stats})
+    reference = np.asarray(mine.predict(mine.init(0).replace(**variables), images))
+    np.testing.assert_allclose(predictions(back, images), reference, rtol=0, atol=ATOL)
+    if importlib.util.find_spec("keras") is None:
+        return
+    keras = _keras()
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "model.keras").predict(images, verbose=0),
+                               reference, rtol=0, atol=ATOL)
