@@ -92,9 +92,12 @@ class LayerPlan:
         return self.input_shapes[0] if self.layer.num_inputs == 1 else self.input_shapes
 
     def _count(self, trainable: bool) -> int:
-        """A frozen layer's (``trainable=False``) parameters are all non-trainable, as Keras counts."""
+        """A frozen layer's (``trainable=False``) parameters are all non-trainable, as Keras counts; a
+        nested model's are counted layer by layer (its frozen layers' as non-trainable)."""
         total = 0
         frozen = not getattr(self.layer, "trainable", True)
+        if isinstance(self.layer, Nested) and not frozen:
+            return sum(p._count(trainable) for p in self.layer._inner(self.layer_input).plan())
         for collection, shapes in self.param_shapes.items():
             if (frozen or collection in NON_TRAINABLE_COLLECTIONS) != trainable:
                 for shape in shapes.values():

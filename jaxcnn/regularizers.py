@@ -42,19 +42,29 @@ def _walk(layers: Sequence[Any], params: Any, visit: Callable[[Any, Any, bool], 
         if layer.name not in params:
             continue
         on = trainable and getattr(layer, "trainable", True)
-        inner = getattr(layer, "layers", None)
-        if inner is not None and not hasattr(layer, "weight_args"):  # a nested model
+        inner = _inner_layers(layer)
+        if inner is not None:  # a nested model: its layers, frozen with it
             out[layer.name] = _walk(inner, params[layer.name], visit, on)
         else:
             out[layer.name] = visit(layer, params[layer.name], on)
     return out
 
 
+def _inner_layers(layer: Any) -> Sequence[Any] | None:
+    """The layers of a nested model (:class:`jaxcnn.graph.Nested`, whose ``model`` holds them), or
+    ``None`` for a layer."""
+    model = getattr(layer, "model", None)
+    return getattr(model, "layers", None) if model is not None else None
+
+
 def _leaves_layers(layers: Sequence[Any]) -> list[Any]:
     found = []
     for layer in layers:
-        inner = getattr(layer, "layers", None)
-        found += _leaves_layers(inner) if inner is not None and not hasattr(layer, "weight_args") else [layer]
+        inner = _inner_layers(layer)
+        if inner is None:
+            found.append(layer)
+        else:  # a frozen nested model counts as frozen, whatever its layers say
+            found += _leaves_layers(inner) + ([] if getattr(layer, "trainable", True) else [layer])
     return found
 
 

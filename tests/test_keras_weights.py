@@ -23,7 +23,7 @@ from jaxcnn.keras.files import load_weights
 from jaxcnn.keras.weights import KERAS_WEIGHTS, keras_weights, snake_case_key
 
 DATA = pathlib.Path(__file__).parent / "data" / "keras_weights"
-MODELS = ("cifar_cnn", "roles", "operations", "MobileNet", "MobileNetV3Small")
+MODELS = ("cifar_cnn", "roles", "operations", "transfer", "MobileNet", "MobileNetV3Small")
 # float32 predictions against Keras's: the same arithmetic in another order (XLA's fusions, oneDNN's
 # convolutions) differs by a few float32 ulps per layer; probabilities agree to about 1e-7.
 ATOL = 1e-5
@@ -514,3 +514,26 @@ def test_export_format_keras_writes_a_trained_runs_model(tmp_path):
     keras = _keras()
     np.testing.assert_allclose(keras.saving.load_model(tmp_path / "model.keras").predict(images, verbose=0),
                                reference, rtol=0, atol=ATOL)
+
+
+def test_a_frozen_base_model_stays_as_the_file_has_it_while_its_new_head_trains():
+    """Keras's transfer-learning form, `base.trainable = False` inside a Sequential: every layer of the
+    base frozen (its parameters and BatchNormalization statistics unchanged by a training step, the
+    statistics used in inference mode), the head trained; counted as Keras counts (above)."""
+    model = jaxcnn.load(DATA / "transfer.keras")
+    compiled = jaxcnn.compile(model, optimizer="adam")
+    state = compiled.init(0)
+    import jax
+
+    start = jax.tree.map(np.asarray, {"params": state.params, "batch_stats": state.batch_stats})  # the step donates
+    want = expected("transfer")
+    labels = np.arange(8) % 4
+    after, metrics = compiled.train_step(state, (want["inputs"], labels))
+    assert np.isfinite(float(metrics.loss))
+    for collection in ("params", "batch_stats"):
+        before, now = start[collection]["base"], getattr(after, collection)["base"]
+        assert before  # the base has weights of this collection
+        for layer in before:
+            for key in before[layer]:
+                np.testing.assert_array_equal(np.asarray(now[layer][key]), before[layer][key])
+    assert not np.allclose(np.asarray(after.params["new_head"]["kernel"]), start["params"]["new_head"]["kernel"])

@@ -85,6 +85,7 @@ class KerasGraph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     axis_checks: tuple[tuple[str, int], ...] = ()
+    frozen: bool = False  # the model's config says trainable=false: Keras freezes every layer in it
 
 
 def keras_graph(doc: Mapping[str, Any], *, source: str = "<keras json>",
@@ -109,8 +110,11 @@ def graph_model(graph: KerasGraph, *, source: str = "<keras json>") -> Any:
     from jaxcnn import graph as graph_module
     from jaxcnn.model import Sequential
 
-    def build(graph: KerasGraph) -> Any:
-        layers = [build(node.layer) if isinstance(node.layer, KerasGraph) else node.layer for node in graph.nodes]
+    def build(graph: KerasGraph, frozen: bool = False) -> Any:
+        frozen = frozen or graph.frozen  # model.trainable = False freezes every layer inside, nested ones too
+        layers = [build(node.layer, frozen) if isinstance(node.layer, KerasGraph)
+                  else dataclasses.replace(node.layer, trainable=False) if frozen and hasattr(node.layer, "trainable")
+                  else node.layer for node in graph.nodes]
         if graph.class_name == "Sequential":
             return Sequential(layers, name=graph.name)  # an Input first, if any, gives the input shape
         nodes = [graph_module.Node(node.name, layer, node.inputs) for node, layer in zip(graph.nodes, layers)]
@@ -166,7 +170,7 @@ class _Reader:
         if isinstance(config, list):  # Keras 2.2
             name, entries, build_shape = "sequential", config, None
         else:
-            name, entries = _model_options(config, self.source, prefix)
+            name, entries = _model_options(config, self.source, prefix, allow_frozen=True)
             build_shape = config.get("build_input_shape")
         nodes: list[KerasNode] = []
         axis_checks: list[tuple[str, int]] = []
@@ -208,12 +212,12 @@ class _Reader:
             raise ConfigError("a Sequential model without layers", source=self.source,
                               layer_name=prefix.rstrip("/") or None)
         return KerasGraph(name, "Sequential", tuple(nodes), inputs, (nodes[-1].name,),
-                          tuple(axis_checks))
+                          tuple(axis_checks), frozen=_frozen(config))
 
     # --- Functional ------------------------------------------------------------------------
 
     def functional(self, class_name: str, config: Any, prefix: str) -> KerasGraph:
-        name, entries = _model_options(config, self.source, prefix)
+        name, entries = _model_options(config, self.source, prefix, allow_frozen=True)
         model_where: dict[str, Any] = dict(source=self.source, layer_name=prefix.rstrip("/") or None)
         for key in ("input_layers", "output_layers"):
             if key not in config:
@@ -280,7 +284,7 @@ class _Reader:
                                   key="input_layers", **model_where)
         outputs = self.endpoints(config["output_layers"], "output_layers", layers, model_where, legacy)
         return KerasGraph(name, class_name, _topological(nodes, model_where), inputs, outputs,
-                          tuple(axis_checks))
+                          tuple(axis_checks), frozen=_frozen(config))
 
     def constant_operation(self, layer: _Layer, constants: list[tuple[int, Any]]) -> Any:
         """The spec of a Keras 3 operation on one tensor and one number: ``x + c``, ``x * c``,
@@ -345,6 +349,11 @@ class _Reader:
         return tuple(self.resolve(ref if isinstance(ref, list) else [ref], layers,
                                   dict(where, key=key), legacy=legacy, endpoint=True)
                      for ref in value)
+
+
+def _frozen(config: Any) -> bool:
+    """Whether a model's config freezes it (``model.trainable = False``: a transfer-learning base)."""
+    return isinstance(config, Mapping) and config.get("trainable", True) is False
 
 
 def _node_name(layer_name: str, k: int) -> str:

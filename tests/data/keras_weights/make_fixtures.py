@@ -23,7 +23,8 @@ The models cover every weight role jaxcnn maps (:data:`jaxcnn.keras.weights.KERA
 (Conv2D with and without bias and with groups, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
 BatchNormalization with ``center``/``scale`` off, LayerNormalization, GroupNormalization, PReLU, an
 adapted Normalization, Dense) and a nested Sequential and a nested functional model, with a frozen
-layer; ``operations`` has operations on a tensor among its layers (:func:`operations`); and the
+layer; ``operations`` has operations on a tensor among its layers (:func:`operations`); ``transfer``
+a frozen base model under a new head (:func:`transfer`); and the
 keras.applications of :data:`APPLICATIONS`, small variants of real architectures.
 """
 
@@ -93,6 +94,21 @@ def operations() -> keras.Model:
     return keras.Model(x, layers.Dense(3, activation="softmax", name="head")(h), name="operations")
 
 
+def transfer() -> keras.Model:
+    """Transfer learning as Keras's guide writes it: a base model frozen (``base.trainable = False``:
+    every layer in it, its BatchNormalization running in inference mode) under a new head."""
+    x = keras.Input((16, 16, 3))
+    h = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    h = layers.BatchNormalization(name="stem_bn")(h)
+    h = layers.ReLU(6.0, name="stem_relu")(h)
+    h = layers.DepthwiseConv2D(3, padding="same", name="block_dw")(h)
+    h = layers.BatchNormalization(name="block_bn")(h)
+    base = keras.Model(x, h, name="base")
+    base.trainable = False
+    return keras.Sequential([keras.Input((16, 16, 3)), base, layers.GlobalAveragePooling2D(name="pool"),
+                             layers.Dense(4, activation="softmax", name="new_head")], name="transfer")
+
+
 #: keras.applications architectures small enough to commit (about 1 MB of weights each): weights=None,
 #: 10 classes, 32x32; their inputs are drawn in 0..255 (MobileNetV3 rescales them itself)
 APPLICATIONS = {
@@ -110,7 +126,7 @@ def application(name: str) -> keras.Model:
     return getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), **arguments)
 
 
-MODELS = {"cifar_cnn": cifar_cnn, "roles": roles, "operations": operations,
+MODELS = {"cifar_cnn": cifar_cnn, "roles": roles, "operations": operations, "transfer": transfer,
           **{name: (lambda name=name: application(name)) for name in APPLICATIONS}}
 #: the models written with a weights-only file (the others, 2 MB each for cifar_cnn, as a .keras
 #: archive and to_json() only), and as a legacy .h5: Keras 3 writes a model with operations into a
