@@ -143,7 +143,8 @@ def load(path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = No
                 model = model.with_input_shape(input_shape)
             except JaxcnnError as error:
                 raise error.located(source=source) from None
-        model = _planned(model, source, require_input_shape=require_input_shape or h5 is not None, keras=keras)
+        model = _planned(model, source, keras=keras,
+                         require_input_shape=require_input_shape or h5 is not None or weights is not None)
         if weights is not None:
             if h5 is not None:
                 raise ConfigError(f"holds its own weights; `weights` (={os.fsdecode(weights)!r}) would replace them",
