@@ -462,7 +462,7 @@ def _keras():
     return pytest.importorskip("keras")
 
 
-@pytest.mark.parametrize("name", ["roles", "operations", "MobileNetV3Small"])
+@pytest.mark.parametrize("name", ["roles", "operations"])  # MobileNetV3Small: through Keras, below
 def test_save_keras_writes_what_jaxcnn_reads_back_equal(name, tmp_path):
     """A model read from Keras, written back (config.json, model.weights.h5 in Keras 3's layout,
     the layer name recorded on each group) and read again: the same weights, bit for bit."""
