@@ -163,7 +163,8 @@ def test_a_group_recorded_for_another_layer_is_refused(tmp_path):
 
 
 def test_weights_of_another_model_are_refused(tmp_path):
-    _refused(jaxcnn.load(DATA / "roles.json"), DATA / "cifar_cnn.keras")
+    message = _refused(jaxcnn.load(DATA / "roles.json"), DATA / "cifar_cnn.keras")
+    assert "names a layer 'conv2d_20' the model does not have" in message
 
 
 def test_a_legacy_file_missing_or_adding_a_weight_is_refused(tmp_path):
