@@ -347,17 +347,14 @@ class _Legacy:
         used: set[str] = set()
         for plan, inner in _layers(model):
             where = dict(source=self.source, index=plan.index, layer_name=plan.name, layer_type=plan.type)
-            if inner is not None:
-                expected = {name: (path, role) for path, role in self.nested_roles(inner, (plan.name,))
-                            for name in [f"{path[-1]}/{role[0]}"]}
-            else:
-                try:
-                    expected = {f"{plan.name}/{k}": ((plan.name,), (k, c, n, s))
-                                for k, c, n, s in keras_weights(plan.layer, plan.param_shapes)}
-                except UnsupportedError as error:
-                    raise error.located(**where) from None
-            aliases = {f"{layer}/{alias}": key for key in expected for layer, names in [key.rsplit("/", 1)]
-                       for alias in names.split("|")}
+            try:  # "<innermost layer>/<Keras name>" -> (the layer's path, its role)
+                expected = {f"{path[-1]}/{role[0]}": (path, role) for path, role in self.roles(plan, inner, ())}
+            except UnsupportedError as error:
+                raise error.located(**where) from None
+            aliases = {}  # each name a Keras version gives the weight -> its key in `expected`
+            for key in expected:
+                layer, names = key.rsplit("/", 1)
+                aliases.update({f"{layer}/{alias}": key for alias in names.split("|")})
             names = stored.get(plan.name, [])
             if not expected and not names:
                 continue
@@ -391,11 +388,13 @@ class _Legacy:
                               source=self.source)
         return Weights(self.tree.get("params", {}), self.tree.get("batch_stats", {}), self.source)
 
-    def nested_roles(self, model: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], tuple[str, str, str, tuple[int, ...]]]]:
-        """A nested model's weights as legacy files name them (by the innermost layer's name)."""
-        for plan, inner in _layers(model):
-            if inner is not None:
-                yield from self.nested_roles(inner, (*path, plan.name))
-                continue
+    def roles(self, plan: Any, inner: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], tuple[str, str, str, tuple[int, ...]]]]:
+        """``(the layer's path, role)`` of each weight of ``plan``'s layer; a nested model's (``inner``)
+        are its layers', which legacy files name by the innermost layer's name."""
+        path = (*path, plan.name)
+        if inner is None:
             for role in keras_weights(plan.layer, plan.param_shapes):
-                yield (*path, plan.name), role
+                yield path, role
+            return
+        for sub, sub_inner in _layers(inner):
+            yield from self.roles(sub, sub_inner, path)
