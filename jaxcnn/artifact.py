@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from jaxcnn.errors import ExportError
+from jaxcnn.files import keras_file_kind
 
 __all__ = ["FORMAT", "RAW_TOLERANCE", "Artifact", "batched", "load_artifact", "predict_files", "read_inputs"]
 
@@ -143,18 +144,15 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
 def _is_keras_model(source: str) -> bool:
     """Whether ``source`` is a trained Keras model (an HDF5 file, or a zip with Keras's
     ``config.json`` and no jaxcnn manifest) rather than a jaxcnn export file."""
-    try:
-        with open(source, "rb") as file:
-            head = file.read(8)
-        if head == b"\x89HDF\r\n\x1a\n":
-            return True
-        if head.startswith(b"PK"):
-            with zipfile.ZipFile(source) as archive:
-                names = set(archive.namelist())
-            return "config.json" in names and "manifest.json" not in names
+    kind = keras_file_kind(source)
+    if kind != "keras":
+        return kind == "h5"
+    try:  # a zip: a Keras archive, or a jaxcnn export file
+        with zipfile.ZipFile(source) as archive:
+            names = set(archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-    return False
+    return "config.json" in names and "manifest.json" not in names
 
 
 def _from_keras(source: str) -> Artifact:

@@ -61,7 +61,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, describe_value
-from jaxcnn.files import write_atomic
+from jaxcnn.files import keras_file_kind, write_atomic
 from jaxcnn.graph import DEFAULT_NAME as GRAPH_NAME
 from jaxcnn.graph import INPUT_NAME, Model, Nested, Node, fresh_name
 from jaxcnn.layers import LAYER_TYPES, Input, Layer
@@ -160,22 +160,6 @@ def load(path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = No
     finally:
         if h5 is not None:
             h5.close()
-
-
-def keras_file_kind(path: str) -> str | None:
-    """``"keras"`` for a Keras 3 ``.keras`` archive (a zip), ``"h5"`` for an HDF5 file (a legacy
-    full model, or a weights file), by their first bytes; ``None`` for text (a config, Keras JSON)
-    or a file that cannot be read (reported by the text reader)."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(8)
-    except OSError:
-        return None
-    if head.startswith(b"PK\x03\x04"):
-        return "keras"
-    if head == b"\x89HDF\r\n\x1a\n":
-        return "h5"
-    return None
 
 
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def export_model(
     every platform in ``platforms`` at once (a CPU-only machine can lower for cuda and tpu). Returns
     the manifest.
     """
-    from jaxcnn.config import keras_file_kind
+    from jaxcnn.files import keras_file_kind
 
     source = os.fsdecode(config_path)
     if format not in FORMATS:

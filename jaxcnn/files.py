@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either left as it was or replaced whole, never half-written.
+"""Atomic file writes: a file is either left as it was or replaced whole, never half-written; and
+what kind of Keras model file a path holds (:func:`keras_file_kind`).
 
 Every file jaxcnn writes outside orbax's checkpoints (configs, ``results.json``, ``metrics.jsonl``,
 ``curves.png``, export files) goes through :func:`atomic_path` or :func:`write_atomic`: the data goes
@@ -16,7 +17,7 @@ import pathlib
 import secrets
 from collections.abc import Iterator
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "keras_file_kind", "write_atomic"]
 
 
 def _fresh_temp(target: pathlib.Path) -> tuple[pathlib.Path, int]:
@@ -70,3 +71,19 @@ def write_atomic(target: str | os.PathLike[str], data: bytes | str) -> None:
     """Replace ``target`` with ``data`` (``str`` is written as UTF-8), atomically."""
     with atomic_path(target) as temp:
         temp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def keras_file_kind(path: str) -> str | None:
+    """``"keras"`` for a Keras 3 ``.keras`` archive (a zip), ``"h5"`` for an HDF5 file (a legacy
+    full model, or a weights file), by their first bytes; ``None`` for text (a config, Keras JSON)
+    or a file that cannot be read (reported by the text reader)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "keras"
+    if head == b"\x89HDF\r\n\x1a\n":
+        return "h5"
+    return None

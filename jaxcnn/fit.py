@@ -303,7 +303,8 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
 def _init_from(model: Model, path: str | os.PathLike[str]) -> tuple[str, Any, list[str], list[str]]:
     """``--init-from``: the trained Keras model at ``path`` read, and the weights ``model``'s layers
     take from it by name (:func:`jaxcnn.keras.files.weights_by_name`)."""
-    from jaxcnn.config import keras_file_kind, load
+    from jaxcnn.config import load
+    from jaxcnn.files import keras_file_kind
     from jaxcnn.keras.files import weights_by_name
 
     source = os.path.abspath(os.fsdecode(path))

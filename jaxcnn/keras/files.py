@@ -57,7 +57,7 @@ def load_weights(model: Any, path: str | os.PathLike[str], *, keras_doc: Mapping
     ``.h5`` (``save_weights``, or a full model's), or a ``.keras`` archive. ``keras_doc``, the Keras
     description the model was read from, fixes a Keras 3 file's layer order; without it the
     model's own order stands for Keras's (a model built in Python in Keras's order)."""
-    from jaxcnn.config import keras_file_kind
+    from jaxcnn.files import keras_file_kind
     from jaxcnn.keras.weights import read_archive, read_weights
 
     source = os.fsdecode(path)
