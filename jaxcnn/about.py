@@ -14,7 +14,8 @@ __all__ = ["about", "about_text"]
 # The layers a lowering applies to, as ``about()["lowerings"]`` keys and ``about_text`` labels.
 _GROUPS = {
     "convolution": "Conv2D",
-    "unpatched": "grouped Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose",
+    "unpatched": "grouped Conv2D, Conv2DTranspose",
+    "depthwise": "DepthwiseConv2D, SeparableConv2D",
     "pooling": "MaxPooling2D, AveragePooling2D",
 }
 
@@ -22,7 +23,7 @@ _GROUPS = {
 def about() -> dict[str, Any]:
     """``{"jaxcnn", "python", "jax", "jaxlib", "flax", "backend", "devices", "onednn", "lowerings"}``:
     versions (strings), the default backend's name, its devices (strings), :func:`jaxcnn.onednn.info`,
-    and per group of layers (``"convolution"``, ``"unpatched"``, ``"pooling"``) the lowerings a module
+    and per group of layers (``"convolution"``, ``"unpatched"``, ``"depthwise"``, ``"pooling"``) the lowerings a module
     built in this process may use (:meth:`jaxcnn.lowerings.LoweringContext.of_process`)."""
     import flax
     import jax
@@ -32,7 +33,7 @@ def about() -> dict[str, Any]:
 
     context = lowerings.LoweringContext.of_process()
     groups = {"convolution": lowerings.CONV_LOWERINGS, "unpatched": lowerings.UNPATCHED_LOWERINGS,
-              "pooling": lowerings.POOL_LOWERINGS}
+              "depthwise": lowerings.DEPTHWISE_LOWERINGS, "pooling": lowerings.POOL_LOWERINGS}
     return {
         "jaxcnn": __version__,
         "python": platform.python_version(),

@@ -8,6 +8,9 @@ The same layer spec can lower to different XLA programs with the same values and
 * a max or average pooling as ``lax.reduce_window`` (``"reduce_window"``), or, where the windows
   tile the input (``pool_size == strides``, VALID, sizes divisible), as a reshape and a reduction
   (``"reshape"``);
+* a depthwise convolution as a grouped ``lax.conv`` (``"conv"``), or as the sum over its kernel's
+  taps of the padded input's strided slices times each tap's per-channel weights (``"shifted"``,
+  :func:`depthwise`: one fused elementwise loop);
 * either, on CPU, as oneDNN's primitives called through XLA's FFI (``"onednn"``,
   :mod:`jaxcnn.onednn`; a convolution's bias and ReLU run inside its call), where the extension is
   built and the module may use it (:class:`LoweringContext`'s ``onednn``: never on GPU or TPU, on a
@@ -87,6 +90,16 @@ against 26.9) but not its backward (34.4 against 26.3; 53.3 against 50.6), even 
 patches stay ahead (forward and backward 42.5 against 51.3 ms for the two layers). So the training
 rule stands; inference on maps under 64 positions was not re-measured.
 
+Depthwise convolutions without oneDNN (experiments/bench_depthwise.py, results/bench_depthwise.txt:
+MobileNetV2's ten depthwise shapes at 224x224): XLA's CPU backend runs a grouped ``lax.conv`` slowly,
+and the shifted form was faster on every shape, 19x in inference at batch 1 (geometric mean; 112x112x32:
+11.7 against 0.28 ms), 10x at batch 32 (404 against 42 ms) and 2.7x in training (forward and both
+gradients at batch 64 on the 32x32 net's shapes). oneDNN's depthwise kernel is faster still (20 ms
+on 112x112x32 at batch 32), so it stays the choice where it may be used; elsewhere on CPU, and in an
+export (which cannot hold oneDNN's calls), depthwise convolutions are ``"shifted"``, kept portable:
+``lax.platform_dependent`` gives an export's cuda and tpu programs the grouped ``lax.conv`` (cuDNN's
+and the TPU's own depthwise kernels), as on a GPU or TPU backend and on a mesh.
+
 What the rule needs besides a layer's shapes, the batch size and the train flag (the backend, a
 mesh, the XLA flags, a batch size to assume for a symbolic batch) is a :class:`LoweringContext`,
 fixed when a module is built and carried by it as static data; nothing here asks JAX for its
@@ -106,6 +119,7 @@ from jax import lax
 
 __all__ = [
     "CONV_LOWERINGS",
+    "DEPTHWISE_LOWERINGS",
     "POOL_LOWERINGS",
     "SMALL_BATCH",
     "UNPATCHED_LOWERINGS",
@@ -113,10 +127,13 @@ __all__ = [
     "avg_pool",
     "choose_conv",
     "choose_pool",
+    "choose_depthwise",
     "choose_unpatched",
     "conv",
+    "depthwise",
     "conv_pads",
     "describe_conv",
+    "describe_depthwise",
     "describe_pool",
     "describe_unpatched",
     "display_name",
@@ -133,6 +150,8 @@ CONV_LOWERINGS = ("auto", "conv", "patches", "onednn")
 POOL_LOWERINGS = ("auto", "reduce_window", "reshape", "onednn")
 # Convolutions without a patches program: grouped (Conv2D groups > 1), depthwise, separable, transposed.
 UNPATCHED_LOWERINGS = ("auto", "conv", "onednn")
+# Depthwise convolutions (DepthwiseConv2D, SeparableConv2D's first stage) also have "shifted".
+DEPTHWISE_LOWERINGS = ("auto", "conv", "shifted", "onednn")
 _SMALL_MAP = 4  # output positions (H_out * W_out) at or below which patches win on CPU
 _ONEDNN_MAP = 64  # output positions from which oneDNN's convolutions win on CPU (experiments/calibrate_onednn.py)
 SMALL_BATCH = 8  # batch sizes at or below which patches win on CPU
@@ -281,6 +300,15 @@ def choose_unpatched(context: LoweringContext) -> str:
     return "onednn" if context.onednn else "conv"
 
 
+def choose_depthwise(context: LoweringContext) -> str:
+    """``"onednn"`` where ``context`` may use it, else ``"shifted"`` on CPU (XLA's CPU backend runs a
+    grouped ``lax.conv`` 10-40x slower than the shifted slices' one fused loop, see the module's
+    docstring), else ``"conv"`` (cuDNN's and the TPU's own depthwise kernels)."""
+    if context.onednn:
+        return "onednn"
+    return "shifted" if context.backend == "cpu" and not context.partitioned else "conv"
+
+
 def _conditions(choose: Callable[..., str]) -> tuple[str, dict[str, list[str]]]:
     """``choose``'s choice at a large batch in inference, and the conditions (``"batch<=8"``,
     ``"training"``) under which it picks another, grouped by that other choice."""
@@ -323,6 +351,14 @@ def describe_unpatched(context: LoweringContext | None = None) -> str:
     if context is not None:
         return display_name(choose_unpatched(context))
     return "lax.conv; onednn on CPU" if _cpu_context().onednn else "lax.conv"
+
+
+def describe_depthwise(context: LoweringContext | None = None) -> str:
+    """:func:`choose_depthwise` in words: ``"lax.conv; onednn on CPU"`` (``"lax.conv; shifted on
+    CPU"`` without the extension) with ``context=None``."""
+    if context is not None:
+        return display_name(choose_depthwise(context))
+    return f"lax.conv; {'onednn' if _cpu_context().onednn else 'shifted'} on CPU"
 
 
 def describe_pool(input_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int], padding: str,
@@ -426,6 +462,61 @@ def conv(x: jax.Array, kernel: jax.Array, *, strides: tuple[int, int], padding: 
     patches = columns[0] if len(columns) == 1 else jnp.concatenate(columns, axis=-1)
     out = jnp.matmul(patches.reshape(-1, kh * kw * c), kernel.reshape(kh * kw * c, f))
     return out.reshape(x.shape[0], ho, wo, f)
+
+
+def depthwise(x: jax.Array, kernel: jax.Array, *, strides: tuple[int, int], padding: str,
+              dilation: tuple[int, int], lowering: str, portable: bool = False) -> jax.Array:
+    """A depthwise convolution, NHWC input, Keras's ``(kh, kw, C, m)`` kernel, output channel
+    ``c * m + j`` (filter ``j`` of channel ``c``), as ``lowering``:
+
+    * ``"conv"``: Keras's JAX ``depthwise_conv``, the kernel as ``(kh, kw, 1, C*m)`` with
+      ``feature_group_count=C``;
+    * ``"shifted"``: the sum over the kernel's taps of the padded input's strided slice times that
+      tap's per-channel weights, which XLA fuses into one elementwise loop (its gradients are slices,
+      pads and reductions). With ``portable``, the choice made on CPU for a program that may also
+      run elsewhere (an export for cuda and tpu): ``lax.platform_dependent`` keeps ``"conv"`` on the
+      other platforms, and a program lowered for the CPU alone holds only the shifted form.
+    """
+    kh, kw, c, m = kernel.shape
+
+    def grouped(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(x, kernel.reshape(kh, kw, 1, c * m), window_strides=strides,
+                                        padding=padding.upper(), rhs_dilation=dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+    if lowering == "conv":
+        return grouped(x, kernel)
+    if lowering != "shifted":
+        raise ValueError(f"depthwise lowering {lowering!r} is not 'conv' or 'shifted'")
+    if portable:
+        return lax.platform_dependent(x, kernel, cpu=_shifted_depthwise(strides, padding, dilation), default=grouped)
+    return _shifted_depthwise(strides, padding, dilation)(x, kernel)
+
+
+def _shifted_depthwise(strides: tuple[int, int], padding: str,
+                       dilation: tuple[int, int]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The ``"shifted"`` form of :func:`depthwise`, accumulated in float32 (as XLA's convolutions
+    accumulate a bfloat16 input) and returned in the input's dtype."""
+
+    def shifted(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        kh, kw, c, m = kernel.shape
+        (pt, pb), (pl, pr) = conv_pads(x.shape[1:3], (kh, kw), strides, padding, dilation)
+        xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        ho = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+        wo = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+        weights = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+        total = None
+        for i in range(kh):
+            for j in range(kw):
+                top, left = i * dilation[0], j * dilation[1]
+                tap = lax.slice(xp, (0, top, left, 0),
+                                (xp.shape[0], top + (ho - 1) * strides[0] + 1, left + (wo - 1) * strides[1] + 1, c),
+                                (1, strides[0], strides[1], 1)).astype(weights.dtype)
+                term = tap * weights[i, j, :, 0] if m == 1 else tap[..., None] * weights[i, j]
+                total = term if total is None else total + term
+        return total.reshape(*total.shape[:3], c * m).astype(x.dtype)
+
+    return shifted
 
 
 def _pads(x: jax.Array, pool: tuple[int, int], strides: tuple[int, int], padding: str) -> list[tuple[int, int]]:

@@ -53,7 +53,8 @@ def test_info_prints_the_versions_devices_and_lowerings_with_onednn(capsys, with
     assert lines[3:] == [
         "lowerings here:",
         "  Conv2D: lax.conv, patches, onednn",
-        "  grouped Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose: lax.conv, onednn",
+        "  grouped Conv2D, Conv2DTranspose: lax.conv, onednn",
+        "  DepthwiseConv2D, SeparableConv2D: lax.conv, shifted, onednn",
         "  MaxPooling2D, AveragePooling2D: reduce_window, reshape, onednn",
     ]
 
@@ -64,6 +65,7 @@ def test_info_says_why_onednn_is_missing_and_lists_only_xla_lowerings(capsys, wi
     assert ("oneDNN extension: not available: oneDNN kernels are built for x86-64 Linux only, not darwin arm64"
             in out.splitlines())
     assert "  Conv2D: lax.conv, patches" in out.splitlines() and "onednn" not in out.split("lowerings here:")[1]
+    assert "  DepthwiseConv2D, SeparableConv2D: lax.conv, shifted" in out.splitlines()
 
 
 def test_info_json_has_every_fact_the_text_has(capsys, with_onednn):

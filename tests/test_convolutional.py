@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 import jaxcnn
+import jaxcnn.onednn
 from jaxcnn import config
 from jaxcnn.errors import ImpossibleShapeError, LayerArgumentError
 from jaxcnn.flax_module import build_module
@@ -283,24 +284,32 @@ def test_grouped_conv_values(strides, padding, dilation, groups):
     np.testing.assert_allclose(y, np_conv(x, kernel, strides, padding, dilation, groups) + bias, rtol=1e-4, atol=1e-4)
 
 
+DEPTHWISE_LOWERINGS = ["conv", "shifted", pytest.param("onednn", marks=pytest.mark.skipif(
+    not jaxcnn.onednn.available(), reason="the oneDNN extension is not built"))]
+
+
 # depthwise_conv_test.py DepthwiseConvCorrectnessTest's cases on an (8, 8, 4) input
+@pytest.mark.parametrize("lowering", DEPTHWISE_LOWERINGS)
 @pytest.mark.parametrize(("m", "k", "strides", "padding", "dilation"), [
     (5, (2, 2), (1, 1), "valid", (1, 1)), (6, (2, 2), (1, 1), "same", (2, 2)), (6, (2, 2), (2, 2), "valid", (1, 1)),
     (2, (3, 3), (2, 2), "same", (1, 1))])
-def test_depthwise_values(m, k, strides, padding, dilation):
+def test_depthwise_values(m, k, strides, padding, dilation, lowering):
     x = rand(2, 8, 8, 4)
     kernel, bias = rand(*k, 4, m), rand(4 * m)
-    layer = DepthwiseConv2D(k, strides=strides, padding=padding, depth_multiplier=m, dilation_rate=dilation)
+    layer = DepthwiseConv2D(k, strides=strides, padding=padding, depth_multiplier=m, dilation_rate=dilation,
+                            lowering=lowering)
     y = run(layer, x, {"kernel": kernel, "bias": bias})
     np.testing.assert_allclose(y, np_depthwise(x, kernel, strides, padding, dilation) + bias, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lowering", DEPTHWISE_LOWERINGS)
 @pytest.mark.parametrize(("m", "strides", "padding", "dilation"), [
     (5, (1, 1), "valid", (1, 1)), (6, (1, 1), "same", (2, 2)), (6, (2, 2), "valid", (1, 1))])
-def test_separable_values(m, strides, padding, dilation):
+def test_separable_values(m, strides, padding, dilation, lowering):
     x = rand(2, 8, 8, 4)
     depthwise, pointwise, bias = rand(2, 2, 4, m), rand(1, 1, 4 * m, 6), rand(6)
-    layer = SeparableConv2D(6, 2, strides=strides, padding=padding, depth_multiplier=m, dilation_rate=dilation)
+    layer = SeparableConv2D(6, 2, strides=strides, padding=padding, depth_multiplier=m, dilation_rate=dilation,
+                            lowering=lowering)
     y = run(layer, x, {"depthwise_kernel": depthwise, "pointwise_kernel": pointwise, "bias": bias})
     expected = np_conv(np_depthwise(x, depthwise, strides, padding, dilation), pointwise, (1, 1), "valid", (1, 1))
     np.testing.assert_allclose(y, expected + bias, rtol=1e-4, atol=1e-4)
@@ -359,15 +368,19 @@ def test_grouped_conv_gradients_match_per_group_lax_conv():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_depthwise_gradients_match_per_channel_lax_conv():
+@pytest.mark.parametrize("lowering", DEPTHWISE_LOWERINGS)
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 1)])
+def test_depthwise_gradients_match_per_channel_lax_conv(lowering, dilation):
     x, kernel = jnp.asarray(rand(2, 6, 6, 4)), jnp.asarray(rand(3, 3, 4, 2))
+    strides = (2, 2) if dilation == (1, 1) else (1, 1)  # Keras refuses both above 1
 
     def reference(x, kernel):
         return jnp.concatenate([lax.conv_general_dilated(
-            x[..., c:c + 1], kernel[:, :, c:c + 1, :], (2, 2), "SAME",
+            x[..., c:c + 1], kernel[:, :, c:c + 1, :], strides, "SAME", rhs_dilation=dilation,
             dimension_numbers=("NHWC", "HWIO", "NHWC")) for c in range(4)], axis=-1)
 
-    f = forward_of(DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, use_bias=False))
+    f = forward_of(DepthwiseConv2D(3, strides=strides, padding="same", depth_multiplier=2, dilation_rate=dilation,
+                                   use_bias=False, lowering=lowering))
     for got, want in zip(grads_of(f, x, kernel), grads_of(reference, x, kernel)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

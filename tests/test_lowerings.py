@@ -311,3 +311,37 @@ def test_on_a_mesh_every_automatic_convolution_is_lax_conv():
     assert jaxcnn.compile(model, layout=Layout.abstract(2)).module.lowering.partitioned
     assert not jaxcnn.compile(model, layout=Layout.abstract(1)).module.lowering.partitioned
     assert not jaxcnn.compile(model).module.lowering.partitioned
+
+
+def test_a_depthwise_convolution_is_shifted_slices_on_cpu_without_onednn_and_lax_conv_elsewhere(without_onednn):
+    # XLA's CPU grouped convolution ran MobileNetV2's depthwise layers 10-40x slower than the
+    # shifted slices (experiments/bench_depthwise.py); cuDNN and the TPU keep their own kernels.
+    assert lowerings.choose_depthwise(CPU) == "shifted"
+    assert lowerings.choose_depthwise(ONEDNN) == "onednn"
+    assert lowerings.choose_depthwise(GPU) == lowerings.choose_depthwise(TPU) == "conv"
+    assert lowerings.choose_depthwise(LoweringContext("cpu", partitioned=True)) == "conv"
+    layer = jaxcnn.layers.DepthwiseConv2D(3, padding="same")
+    assert layer.describe_lowering((8, 8, 4)) == "lax.conv; shifted on CPU"
+    assert layer.describe_lowering((8, 8, 4), CPU) == "shifted"
+    assert jaxcnn.layers.DepthwiseConv2D(3, lowering="conv").describe_lowering((8, 8, 4)) == "lax.conv"
+    with pytest.raises(LayerArgumentError, match="lowering"):
+        jaxcnn.layers.Conv2DTranspose(2, 3, lowering="shifted")
+
+
+def test_an_exported_depthwise_convolution_is_shifted_on_cpu_and_lax_conv_on_the_other_platforms():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 6)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 6, 2)), jnp.float32)
+
+    def f(x, k):
+        return lowerings.depthwise(x, k, strides=(2, 2), padding="same", dilation=(1, 1), lowering="shifted",
+                                   portable=True)
+
+    both = jax.export.export(jax.jit(f), platforms=("cpu", "cuda", "tpu"))(x, k)
+    cpu_only = jax.export.export(jax.jit(f), platforms=("cpu",))(x, k)
+    assert "stablehlo.convolution" in both.mlir_module()  # the cuda and tpu branch
+    assert "stablehlo.convolution" not in cpu_only.mlir_module()
+    reference = lowerings.depthwise(x, k, strides=(2, 2), padding="same", dilation=(1, 1), lowering="conv")
+    for exported in (both, cpu_only):
+        restored = jax.export.deserialize(exported.serialize())
+        np.testing.assert_allclose(restored.call(x, k), reference, rtol=1e-5, atol=1e-5)

@@ -168,7 +168,8 @@ def test_the_summary_names_onednn_where_the_extension_is_available(fake_onednn):
 def test_without_the_extension_the_summary_keeps_xla_lowerings(missing_onednn):
     shape = (8, 8, 4)
     assert Conv2D(4, 3).describe_lowering(shape) == "lax.conv; patches on CPU if batch<=8 or training"
-    assert DepthwiseConv2D(3).describe_lowering(shape) == "lax.conv"
+    assert DepthwiseConv2D(3).describe_lowering(shape) == "lax.conv; shifted on CPU"
+    assert Conv2DTranspose(2, 3).describe_lowering(shape) == "lax.conv"
     assert MaxPooling2D().describe_lowering(shape) == "reduce_window; reshape on CPU"
 
 
@@ -181,7 +182,7 @@ def test_every_convolution_layer_and_pooling_can_be_forced_and_saved(tmp_path):
     model.save(path)
     assert path.read_text().count('lowering = "onednn"') == 5 and jaxcnn.load(path) == model
     with pytest.raises(LayerArgumentError, match=r"DepthwiseConv2D: `lowering` \(='patches'\) must be one of "
-                                                 r"'auto', 'conv', 'onednn'"):
+                                                 r"'auto', 'conv', 'shifted', 'onednn'"):
         DepthwiseConv2D(3, lowering="patches")
 
 

@@ -118,6 +118,29 @@ class _Unpatched:
         return _describe_unpatched(self, context)
 
 
+class _Depthwise(_Unpatched):
+    """The lowering of a depthwise convolution (DepthwiseConv2D, SeparableConv2D's first stage):
+    ``"conv"``, ``"shifted"`` or ``"onednn"`` (:func:`jaxcnn.lowerings.choose_depthwise`)."""
+
+    def lowering_for(self, input_shape: Shape, context: lowerings.LoweringContext, batch: Any = None,
+                     train: bool = False) -> str:
+        del input_shape, batch, train
+        return lowerings.forced_lowering(self.lowering, context) or lowerings.choose_depthwise(context)
+
+    def describe_lowering(self, input_shape: Shape, context: lowerings.LoweringContext | None = None) -> str:
+        del input_shape
+        if self.lowering != "auto":
+            return lowerings.display_name(self.lowering)
+        return lowerings.describe_depthwise(context)
+
+    def depthwise(self, module: Any, x: jax.Array, kernel: jax.Array, lowering: str) -> jax.Array:
+        """``x`` through the ``(kh, kw, C, m)`` ``kernel`` as ``lowering`` (not ``"onednn"``); an
+        automatic ``"shifted"`` stays portable (:func:`jaxcnn.lowerings.depthwise`)."""
+        return lowerings.depthwise(x, kernel.astype(x.dtype), strides=self.strides, padding=self.padding,
+                                   dilation=self.dilation_rate, lowering=lowering,
+                                   portable=self.lowering == "auto")
+
+
 def _bias_text(layer: Any, n: int) -> tuple[str, int]:
     return (f" + {n}", n) if layer.use_bias else ("", 0)
 
@@ -256,7 +279,7 @@ class Conv2D(_Windowed):
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthwiseConv2D(_Unpatched, _Windowed):
+class DepthwiseConv2D(_Depthwise, _Windowed):
     """``DepthwiseConv2D(kernel_size, strides=1, padding="valid", depth_multiplier=1,
     data_format=None, dilation_rate=1, activation=None, use_bias=True,
     depthwise_initializer="glorot_uniform", bias_initializer="zeros", depthwise_regularizer=None,
@@ -283,7 +306,7 @@ class DepthwiseConv2D(_Unpatched, _Windowed):
     activity_regularizer: Any = None
     depthwise_constraint: Any = None
     bias_constraint: Any = None
-    lowering: str = "auto"  # jaxcnn's: "auto", "conv" or "onednn"
+    lowering: str = "auto"  # jaxcnn's: "auto", "conv", "shifted" or "onednn"
 
     has_params: ClassVar[bool] = True
     weight_args: ClassVar[dict[str, str]] = {"kernel": "depthwise", "bias": "bias"}
@@ -299,7 +322,7 @@ class DepthwiseConv2D(_Unpatched, _Windowed):
             depth_multiplier=_positive_int(t, "depth_multiplier", self.depth_multiplier),
             data_format=_data_format(t, self.data_format),
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
-            lowering=_choice(t, "lowering", self.lowering, lowerings.UNPATCHED_LOWERINGS),
+            lowering=_choice(t, "lowering", self.lowering, lowerings.DEPTHWISE_LOWERINGS),
             **_weights(self, {"depthwise": 4}),
         )
         _refuse_strided_dilation(self)
@@ -340,24 +363,15 @@ class DepthwiseConv2D(_Unpatched, _Windowed):
         c, m = x.shape[-1], self.depth_multiplier
         kernel = module.param("kernel", initializer_fn(self.depthwise_initializer),
                               (*self.kernel_size, c, m), jnp.float32)
-        if self.lowering_for(x.shape[1:], module.lowering) == "onednn":  # groups = C, kernel (kh, kw, 1, C*m)
+        lowering = self.lowering_for(x.shape[1:], module.lowering)
+        if lowering == "onednn":  # groups = C, kernel (kh, kw, 1, C*m)
             return _onednn(self, module, x, kernel.reshape(*self.kernel_size, 1, c * m), c * m, c)
-        y = _depthwise(x, kernel.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
+        y = self.depthwise(module, x, kernel, lowering)
         return _finish(self, module, _bias(self, module, y, c * m))
 
 
-def _depthwise(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str,
-               dilation: tuple[int, int]) -> jax.Array:
-    """Keras's JAX ``depthwise_conv``: the ``(kh, kw, C, m)`` kernel as ``(kh, kw, 1, C*m)`` with
-    ``feature_group_count=C``."""
-    kh, kw, c, m = kernel.shape
-    return lax.conv_general_dilated(x, kernel.reshape(kh, kw, 1, c * m), window_strides=strides,
-                                    padding=padding.upper(), rhs_dilation=dilation, dimension_numbers=_DIMS,
-                                    feature_group_count=c)
-
-
 @dataclasses.dataclass(frozen=True)
-class SeparableConv2D(_Unpatched, _Windowed):
+class SeparableConv2D(_Depthwise, _Windowed):
     """``SeparableConv2D(filters, kernel_size, strides=1, padding="valid", data_format=None,
     dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True,
     depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
@@ -389,7 +403,7 @@ class SeparableConv2D(_Unpatched, _Windowed):
     depthwise_constraint: Any = None
     pointwise_constraint: Any = None
     bias_constraint: Any = None
-    lowering: str = "auto"  # jaxcnn's: "auto", "conv" or "onednn" (both of its convolutions)
+    lowering: str = "auto"  # jaxcnn's: "auto", "conv", "shifted" or "onednn" (its depthwise stage; onednn: both)
 
     has_params: ClassVar[bool] = True
     weight_args: ClassVar[dict[str, str]] = {"depthwise_kernel": "depthwise",
@@ -407,7 +421,7 @@ class SeparableConv2D(_Unpatched, _Windowed):
             data_format=_data_format(t, self.data_format),
             dilation_rate=_pair(t, "dilation_rate", self.dilation_rate),
             depth_multiplier=_positive_int(t, "depth_multiplier", self.depth_multiplier),
-            lowering=_choice(t, "lowering", self.lowering, lowerings.UNPATCHED_LOWERINGS),
+            lowering=_choice(t, "lowering", self.lowering, lowerings.DEPTHWISE_LOWERINGS),
             **_weights(self, {"depthwise": 4, "pointwise": 4}),
         )
         _refuse_strided_dilation(self)
@@ -451,7 +465,8 @@ class SeparableConv2D(_Unpatched, _Windowed):
                                  (*self.kernel_size, c, m), jnp.float32)
         pointwise = module.param("pointwise_kernel", initializer_fn(self.pointwise_initializer),
                                  (1, 1, c * m, self.filters), jnp.float32)
-        if self.lowering_for(x.shape[1:], module.lowering) == "onednn":
+        lowering = self.lowering_for(x.shape[1:], module.lowering)
+        if lowering == "onednn":
             y = lowerings.onednn_conv(x, depthwise.reshape(*self.kernel_size, 1, c * m), strides=self.strides,
                                       padding=self.padding, dilation=self.dilation_rate, groups=c,
                                       bfloat16=_bfloat16(module, c, x.shape[0]))
@@ -460,7 +475,7 @@ class SeparableConv2D(_Unpatched, _Windowed):
                                       padding="valid", dilation=(1, 1), activation="relu" if fused else None,
                                       bfloat16=_bfloat16(module, 1, x.shape[0]))
             return _finish(self, module, y, activated=fused)
-        y = _depthwise(x, depthwise.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
+        y = self.depthwise(module, x, depthwise, lowering)
         y = lax.conv_general_dilated(y, pointwise.astype(x.dtype), window_strides=(1, 1), padding="VALID",
                                      dimension_numbers=_DIMS)
         return _finish(self, module, _bias(self, module, y, self.filters))
