@@ -39,6 +39,18 @@ previous table's output, so every layer list above is valid as it is::
 A config is a graph where a layer table has ``inputs``, ``[model]`` has ``outputs``, or there are
 several ``Input`` tables; else it is a :class:`~jaxcnn.Sequential`.
 
+A model saved in a file is one layer of another (a transfer-learning base, as Keras nests one)::
+
+    [[layers]]
+    type = "Model"
+    path = "base.keras"         # .keras / .h5 (with its weights), a Keras JSON, a jaxcnn config;
+                                # relative to this config's folder
+    name = "base"               # optional, default the file's model name
+    trainable = false           # optional: every layer inside frozen (Keras's base.trainable = False)
+
+A nested model read from a Keras file carries its weights: ``compile(model).init()`` starts it from
+them and the other layers from their initializers (:func:`jaxcnn.graph.nested_weights`).
+
 Top-level sections are those of :data:`SECTIONS`; a layer table takes ``type`` and its spec's
 dataclass fields (``name``, ``input_shape`` and the Keras arguments), nothing else.
 
@@ -346,6 +358,8 @@ def _layer_spec(table: Mapping[str, Any], position: int, index: int | None, sour
         raise ConfigError(f"missing key `type`: the layer's class, one of {', '.join(_type_names())}",
                           source=source, index=index, layer_name=layer_name)
     type_name = table["type"]
+    if type_name == NESTED_TYPE:
+        return _nested_spec(table, index, source, extra, layer_name)
     if type_name != "Input" and (not isinstance(type_name, str) or type_name not in LAYER_TYPES):
         shown = type_name if isinstance(type_name, str) else repr(type_name)
         raise ConfigError(
@@ -363,6 +377,51 @@ def _layer_spec(table: Mapping[str, Any], position: int, index: int | None, sour
             raise ConfigError(_unknown("key", key, known), key=key, **where)
     kwargs = {key: value for key, value in table.items() if key != "type" and key not in extra}
     return _construct(cls, kwargs, where, missing="missing required key"), where
+
+
+#: The ``type`` of a ``[[layers]]`` table that nests a model read from a file (``path``).
+NESTED_TYPE = "Model"
+_NESTED_KEYS = ("type", "name", "path", "trainable")
+_LOADING: list[str] = []  # the files a nested table is being read from, innermost last (a cycle is refused)
+
+
+def _nested_spec(table: Mapping[str, Any], index: int | None, source: str, extra: tuple[str, ...],
+                 layer_name: str | None) -> tuple[Layer, dict[str, Any]]:
+    """A ``type = "Model"`` table: the model at ``path`` (a trained Keras ``.keras``/``.h5`` file
+    with its weights, a Keras JSON or a jaxcnn config; relative to the config's folder) as one
+    layer, named ``name`` (default: the file's model name), every layer in it frozen with
+    ``trainable = false`` (Keras's ``base.trainable = False``)."""
+    where: dict[str, Any] = dict(source=source, index=index, layer_name=layer_name, layer_type=NESTED_TYPE)
+    known = [*_NESTED_KEYS, *extra]
+    for key in table:
+        if key not in known:
+            raise ConfigError(_unknown("key", key, known), key=key, **where)
+    path = table.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"a nested model's table needs `path` (={path!r}): the model file (.keras, .h5, "
+                          "a Keras JSON or a jaxcnn config) it reads", key="path", **where)
+    trainable = table.get("trainable", True)
+    if not isinstance(trainable, bool):
+        raise ConfigError(f"`trainable` (={trainable!r}) must be true or false", key="trainable", **where)
+    if layer_name is None and "name" in table:
+        raise ConfigError(f"`name` (={table['name']!r}) must be a non-empty string", key="name", **where)
+    folder = pathlib.Path(source).parent if os.path.exists(source) else pathlib.Path.cwd()
+    file = os.path.abspath(folder / os.path.expanduser(path))
+    if not os.path.exists(file):
+        raise ConfigError(f"`path` (={path!r}) names no file ({file})", key="path", **where)
+    if file in _LOADING or file == os.path.abspath(source):
+        raise ConfigError(f"`path` (={path!r}) nests a model inside itself", key="path", **where)
+    _LOADING.append(file)
+    try:
+        inner = load(file, require_input_shape=True)
+    finally:
+        _LOADING.pop()
+    if not trainable:
+        inner = inner.frozen()
+    try:
+        return Nested(model=inner, name=layer_name or inner.name, path=path, file=file, trainable=trainable), where
+    except JaxcnnError as error:
+        raise error.located(**where) from None
 
 
 def _construct(cls: type[Any], kwargs: Mapping[str, Any], where: dict[str, Any], *, missing: str) -> Any:
@@ -440,19 +499,20 @@ def _required(field: dataclasses.Field[Any]) -> bool:
 
 
 def _type_names() -> list[str]:
-    return ["Input", *LAYER_TYPES]
+    return ["Input", NESTED_TYPE, *LAYER_TYPES]
 
 
 # --------------------------------------------------------------------------------------------
 # Writing TOML.
 
 
-def to_toml(model: Model, *, header: str | None = None) -> str:
+def to_toml(model: Model, *, header: str | None = None, folder: str | os.PathLike[str] | None = None) -> str:
     """The model as a jaxcnn TOML config that :func:`load` reads back ``==`` to ``model``.
 
     ``[model]`` holds the name and input shape (when the model has one); one ``[[layers]]`` table a
     layer holds its ``type``, ``name`` and the arguments that differ from their defaults.
-    ``header`` (one or more lines) is written first, as ``#`` comments.
+    ``header`` (one or more lines) is written first, as ``#`` comments. A nested model's ``path`` is
+    written as it was read, or, with ``folder`` (where the config goes), relative to that folder.
     """
     lines: list[str] = []
     if header is not None:
@@ -463,15 +523,15 @@ def to_toml(model: Model, *, header: str | None = None) -> str:
     except LayerArgumentError:
         input_shape = None
     if model.is_graph:
-        return _graph_toml(model, lines)
+        return _graph_toml(model, lines, folder)
     if input_shape is not None:
         lines.append(f"input_shape = {_toml_value(input_shape)}")
     for index, layer in enumerate(model.layers):
-        lines += _layer_toml(index, layer, ())
+        lines += _layer_toml(index, layer, (), folder)
     return "\n".join(lines) + "\n"
 
 
-def _graph_toml(model: Model, lines: list[str]) -> str:
+def _graph_toml(model: Model, lines: list[str], folder: str | os.PathLike[str] | None) -> str:
     lines.append(f"outputs = {_toml_value(list(model.output_names))}")
     index = 0
     for node in model.nodes:
@@ -479,22 +539,28 @@ def _graph_toml(model: Model, lines: list[str]) -> str:
             lines += ["", "[[layers]]", 'type = "Input"', f"name = {_toml_value(node.name)}",
                       f"shape = {_toml_value(node.layer.shape)}"]  # type: ignore[union-attr]
         else:
-            lines += _layer_toml(index, node.layer, node.inputs)  # type: ignore[arg-type]
+            lines += _layer_toml(index, node.layer, node.inputs, folder)  # type: ignore[arg-type]
             index += 1
     return "\n".join(lines) + "\n"
 
 
-def _layer_toml(index: int, layer: Layer, inputs: tuple[str, ...]) -> list[str]:
+def _layer_toml(index: int, layer: Layer, inputs: tuple[str, ...],
+                folder: str | os.PathLike[str] | None = None) -> list[str]:
     """One ``[[layers]]`` table: type, name, ``inputs`` (a graph's), the non-default arguments."""
     where: dict[str, Any] = dict(index=index, layer_name=layer.name, layer_type=layer.type)
     lines = ["", "[[layers]]", f"type = {_toml_value(layer.type)}"]
     try:
         if isinstance(layer, Nested):
-            raise ConfigError("is a nested model, which a jaxcnn TOML config cannot hold yet (its layers "
-                              "can be written into the outer model instead)")
+            if layer.path is None:
+                raise ConfigError("is a nested model that was not read from a file, which a jaxcnn TOML config "
+                                  "cannot hold (its layers can be written into the outer model instead)")
+            lines[-1] = f"type = {_toml_value(NESTED_TYPE)}"
         lines.append(f"name = {_toml_value(layer.name)}")
         if inputs:
             lines.append(f"inputs = {_toml_value(list(inputs))}")
+        if isinstance(layer, Nested):
+            path = layer.path if folder is None or layer.file is None else os.path.relpath(layer.file, folder)
+            return lines + [f"path = {_toml_value(path)}"] + ([] if layer.trainable else ["trainable = false"])
         defaults = {f.name: f.default for f in dataclasses.fields(layer)}
         for key, value in layer.arguments().items():
             if value is None:
@@ -511,8 +577,8 @@ def save(model: Model, path: str | os.PathLike[str], *, header: str | None = Non
     """Write :func:`to_toml` of ``model`` to ``path`` atomically (a temporary file in the same
     folder, then ``os.replace``): ``path`` is either left as it was or fully written. Returns
     ``path`` as a :class:`pathlib.Path`."""
-    text = to_toml(model, header=header)  # before touching the disk: a failure writes nothing
     target = pathlib.Path(os.fsdecode(path))
+    text = to_toml(model, header=header, folder=target.absolute().parent)  # before touching the disk
     try:
         write_atomic(target, text.encode("utf-8"))
     except OSError as error:

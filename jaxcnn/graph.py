@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imports that run the other way are done inside the methods
     from jaxcnn.check import CheckResult
     from jaxcnn.summary import Summary
 
-__all__ = ["INPUT_NAME", "Input", "LayerPlan", "Model", "Nested", "Node", "Tensor", "fresh_name"]
+__all__ = ["INPUT_NAME", "Input", "LayerPlan", "Model", "Nested", "Node", "Tensor", "fresh_name", "nested_weights"]
 
 NON_TRAINABLE_COLLECTIONS = ("batch_stats",)
 INPUT_NAME = "input_layer"
@@ -541,6 +541,15 @@ class Model:
     def non_trainable_params(self) -> int:
         return sum(p.non_trainable_params for p in self.plan())
 
+    def frozen(self) -> Model:
+        """This model with every layer frozen (``trainable=False``), a nested model's too, carrying
+        its weights: Keras's ``model.trainable = False`` on a transfer-learning base (a frozen
+        BatchNormalization keeps its statistics and runs in inference mode)."""
+        nodes = [n if n.is_input else dataclasses.replace(n, layer=_frozen_layer(n.layer)) for n in self.nodes]
+        new = Model.from_nodes(nodes, inputs=self.input_names, outputs=self.output_names, name=self.name)
+        new.weights = self.weights
+        return new
+
     #: Trained variables read from a Keras file (:class:`jaxcnn.keras.weights.Weights`), which
     #: ``compile(model).init()`` starts from; ``None``: the initializers draw them.
     weights: Any = None
@@ -642,6 +651,37 @@ def _plan_node(index: int, node: Node, input_shapes: tuple[Shape, ...]) -> Layer
 
 
 
+def _frozen_layer(layer: Layer) -> Layer:
+    """``layer`` with ``trainable=False``; a nested model's layers all frozen too."""
+    if isinstance(layer, Nested):
+        return dataclasses.replace(layer, model=layer.model.frozen(), trainable=False)
+    return dataclasses.replace(layer, trainable=False)
+
+
+def nested_weights(model: Model) -> Any:
+    """The weights that ``model``'s nested models carry (read from their Keras files), under their
+    names, as one partial :class:`jaxcnn.keras.weights.Weights` that ``compile(model).init()`` starts
+    from (its other layers from their initializers); ``None`` where no nested model carries any."""
+    params: dict[str, Any] = {}
+    batch_stats: dict[str, Any] = {}
+    sources: list[str] = []
+    for layer in model.layers:
+        if not isinstance(layer, Nested):
+            continue
+        weights = layer.model.weights if layer.model.weights is not None else nested_weights(layer.model)
+        if weights is None:
+            continue
+        params[layer.name] = weights.params
+        if weights.batch_stats:
+            batch_stats[layer.name] = weights.batch_stats
+        sources.append(weights.source)
+    if not sources:
+        return None
+    from jaxcnn.keras.weights import Weights
+
+    return Weights(params, batch_stats, "; ".join(dict.fromkeys(sources)))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Nested(Layer):
     """A model used as a layer of another, as Keras nests a ``Sequential`` or a functional model:
@@ -649,9 +689,17 @@ class Nested(Layer):
     ``m(x)`` and a :class:`Node` whose layer is a model make one). Its variables are its layers',
     under its name (``params[nested][conv2d][kernel]``; the plan's parameter names are
     ``conv2d/kernel``); it takes its model's input shape (a one-input model may take another that its
-    layers fit) and gives its output."""
+    layers fit) and gives its output.
+
+    ``path``: the file the model was read from, as a jaxcnn config's ``type = "Model"`` table wrote
+    it (relative to that config's folder), and ``file`` its absolute path; :meth:`Model.to_toml`
+    writes ``path`` back, :meth:`Model.save` the path from the new config's folder to ``file``. Both
+    ``None`` for a model built in Python or nested inside a Keras file, which a TOML config cannot
+    hold. Neither takes part in ``==``: two nested models are equal when their models are."""
 
     model: Model
+    path: str | None = dataclasses.field(default=None, compare=False)
+    file: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     has_params: ClassVar[bool] = True
     mixes_positions: ClassVar[bool] = True  # the receptive field is not followed inside it

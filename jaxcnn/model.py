@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jaxcnn.errors import LayerArgumentError
-from jaxcnn.graph import INPUT_NAME, LayerPlan, Model, Nested, Node, Tensor, _plan_node, fresh_name
+from jaxcnn.graph import INPUT_NAME, LayerPlan, Model, Nested, Node, Tensor, _frozen_layer, _plan_node, fresh_name
 from jaxcnn.layers import Input, Layer, Shape
 
 __all__ = ["LayerPlan", "Model", "Sequential"]
@@ -84,7 +84,16 @@ class Sequential(Model):
                     index=index, layer_name=layer.name, layer_type=layer.type)
             self._input_shape = layer.input_shape
             layer = dataclasses.replace(layer, input_shape=None)
+        elif not index and self._input_shape is None and isinstance(layer, Nested):
+            self._input_shape = _nested_input_shape(layer)  # Keras: Sequential([base, ...]) takes base's input
         self._layers = (*self._layers, layer)
+
+    def frozen(self) -> Sequential:
+        """This model with every layer frozen, carrying its weights (:meth:`Model.frozen`)."""
+        new = Sequential([_frozen_layer(layer) for layer in self._layers], name=self._name,
+                         input_shape=self._input_shape)
+        new.weights = self.weights
+        return new
 
     def with_input_shape(self, input_shape: Sequence[int]) -> Sequential:
         """The same layers on another input shape (``jaxcnn summary --input-shape``)."""
@@ -170,3 +179,11 @@ class Sequential(Model):
     def __repr__(self) -> str:
         layers = ",\n  ".join(repr(layer) for layer in self._layers)
         return f"Sequential([\n  {layers}\n], name={self._name!r}, input_shape={self._input_shape})"
+
+
+def _nested_input_shape(layer: Nested) -> Shape | None:
+    """The input shape of a nested model with one input that has one, else ``None``."""
+    try:
+        return layer.model.input_shape
+    except LayerArgumentError:
+        return None

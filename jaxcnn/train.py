@@ -45,7 +45,7 @@ from jaxcnn.layers import initializers
 from jaxcnn.lowerings import LoweringContext
 from jaxcnn.errors import ConfigError, InputError
 from jaxcnn.losses import LOSSES, Metrics, class_labels
-from jaxcnn.graph import Model
+from jaxcnn.graph import Model, nested_weights
 
 __all__ = [
     "LOSSES",
@@ -277,11 +277,17 @@ class CompiledModel:
     # ---- state ---------------------------------------------------------------------------
     def init(self, seed: int | jax.Array = 0) -> TrainState:
         """A fresh training state (laid out per ``layout`` when there is one). The parameters' key is
-        ``fold_in(key(seed), 0)``; step keys are ``fold_in(fold_in(key(seed), 1), step)``."""
+        ``fold_in(key(seed), 0)``; step keys are ``fold_in(fold_in(key(seed), 1), step)``. A model
+        read from a Keras file starts from its weights; a model whose nested models were read from
+        Keras files (a transfer-learning base) starts those from theirs, its other layers from
+        their initializers."""
         base = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
         state = self._init(base)
         weights = getattr(self.model, "weights", None)
-        return state if weights is None else self.with_weights(state, weights)
+        if weights is not None:
+            return self.with_weights(state, weights)
+        nested = nested_weights(self.model)  # a transfer-learning base read from a Keras file
+        return state if nested is None else self.with_weights(state, nested, partial=True)
 
     def with_weights(self, state: TrainState, weights: Any, *, partial: bool = False) -> TrainState:
         """``state`` with the parameters and statistics of ``weights`` (a Keras file's, read against

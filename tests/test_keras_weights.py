@@ -546,3 +546,103 @@ def test_a_frozen_base_model_stays_as_the_file_has_it_while_its_new_head_trains(
             for key in before[layer]:
                 np.testing.assert_array_equal(np.asarray(now[layer][key]), before[layer][key])
     assert not np.allclose(np.asarray(after.params["new_head"]["kernel"]), start["params"]["new_head"]["kernel"])
+
+
+NESTED = """
+[model]
+name = "transfer"
+
+[[layers]]
+type = "Model"
+path = "transfer_base.keras"
+trainable = false
+
+[[layers]]
+type = "GlobalAveragePooling2D"
+name = "pool"
+
+[[layers]]
+type = "Dense"
+name = "new_head"
+units = 4
+activation = "softmax"
+"""
+
+
+def _nested_config(tmp_path: pathlib.Path, text: str = NESTED) -> pathlib.Path:
+    shutil.copy(DATA / "transfer_base.keras", tmp_path / "transfer_base.keras")
+    config = tmp_path / "transfer.toml"
+    config.write_text(text)
+    return config
+
+
+def test_a_config_nests_a_keras_saved_base_which_starts_from_its_own_weights(tmp_path):
+    """transfer_base.keras is the transfer fixture's base, saved by Keras on its own: nested in a
+    config under the same head, it is Keras's transfer model (its counts; with the head's weights
+    given, its predictions), and a fresh state starts it from its file, the head from its initializer."""
+    from jaxcnn.keras.weights import Weights
+
+    model = jaxcnn.load(_nested_config(tmp_path))
+    want = expected("transfer")
+    assert (model.trainable_params(), model.non_trainable_params()) == (want["trainable_params"],
+                                                                    want["non_trainable_params"])
+    assert model.layers[0].name == "base" and model.input_shape == (16, 16, 3)
+    compiled = jaxcnn.compile(model)
+    state = compiled.init(0)
+    base = jaxcnn.load(DATA / "transfer_base.keras").weights
+    np.testing.assert_array_equal(np.asarray(state.params["base"]["stem"]["kernel"]), base.params["stem"]["kernel"])
+    np.testing.assert_array_equal(np.asarray(state.batch_stats["base"]["block_bn"]["var"]),
+                                  base.batch_stats["block_bn"]["var"])
+    head = jaxcnn.load(DATA / "transfer.keras").weights.params["new_head"]
+    assert not np.allclose(np.asarray(state.params["new_head"]["kernel"]), head["kernel"])
+    state = compiled.with_weights(state, Weights({"new_head": head}, {}, "transfer.keras"), partial=True)
+    np.testing.assert_allclose(np.asarray(compiled.predict(state, want["inputs"])), want["outputs"], rtol=0,
+                               atol=ATOL)
+    # written back as the table it was read from
+    text = model.to_toml()
+    assert '\ntype = "Model"\nname = "base"\npath = "transfer_base.keras"\ntrainable = false\n' in text
+    (tmp_path / "elsewhere").mkdir()
+    again = tmp_path / "elsewhere" / "again.toml"
+    model.save(again)  # the path from the new config's folder
+    assert 'path = "../transfer_base.keras"' in again.read_text() and jaxcnn.load(again) == model
+
+
+@pytest.mark.slow
+def test_jaxcnn_train_fine_tunes_a_head_on_a_nested_frozen_keras_base(tmp_path):
+    """`jaxcnn train` on digits resized to 16x16 RGB: the base stays its file's, bit for bit (its
+    BatchNormalization statistics too); the head learns."""
+    from jaxcnn.checkpoint import Checkpoints, model_fingerprint
+    from jaxcnn.cli import main
+
+    config = _nested_config(tmp_path, NESTED.replace("units = 4", "units = 10") + (
+        '\n[data]\nname = "digits"\nfit = "resize"\n\n[train]\nepochs = 3\nbatch_size = 32\n'
+        '[train.optimizer]\nname = "adam"\nlearning_rate = 0.01\n'))
+    assert main(["train", str(config), "--workdir", str(tmp_path / "run"), "--quiet"]) == 0
+    # the base's 8 random features (the fixture's weights) pooled: the head learns, slowly
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] - 0.01
+    model = jaxcnn.load(config)
+    abstract = jaxcnn.compile(model).abstract_state()
+    variables, _ = Checkpoints(tmp_path / "run" / "checkpoints", fingerprint=model_fingerprint(model),
+                               keep=10**6).restore_variables({"params": abstract.params,
+                                                              "batch_stats": abstract.batch_stats})
+    base = jaxcnn.load(DATA / "transfer_base.keras").weights
+    for collection, stored in (("params", base.params), ("batch_stats", base.batch_stats)):
+        for layer, weights in stored.items():
+            for key, value in weights.items():
+                np.testing.assert_array_equal(np.asarray(variables[collection]["base"][layer][key]), value)
+
+
+@pytest.mark.parametrize("table, message", [
+    ('type = "Model"', r"needs `path` \(=None\)"),
+    ('type = "Model"\npath = "nowhere.keras"', r"`path` \(='nowhere.keras'\) names no file"),
+    ('type = "Model"\npath = "transfer.toml"', "nests a model inside itself"),
+    ('type = "Model"\npath = "transfer_base.keras"\ntrainable = "no"', r"`trainable` \(='no'\) must be true or false"),
+    ('type = "Model"\npath = "transfer_base.keras"\nweights = "x.h5"', "key `weights`: unknown key; known: type, name, path, trainable"),
+])
+def test_a_nested_model_table_is_refused_naming_the_config_the_layer_and_the_value(tmp_path, table, message):
+    config = _nested_config(tmp_path, NESTED.replace('type = "Model"\npath = "transfer_base.keras"\ntrainable = false',
+                                                     table))
+    with pytest.raises(ConfigError, match=message) as error:
+        jaxcnn.load(config)
+    assert str(config) in str(error.value) and "(Model)" in str(error.value)

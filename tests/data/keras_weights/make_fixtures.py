@@ -24,7 +24,8 @@ The models cover every weight role jaxcnn maps (:data:`jaxcnn.keras.weights.KERA
 BatchNormalization with ``center``/``scale`` off, LayerNormalization, GroupNormalization, PReLU, an
 adapted Normalization, Dense) and a nested Sequential and a nested functional model, with a frozen
 layer; ``operations`` has operations on a tensor among its layers (:func:`operations`); ``transfer``
-a frozen base model under a new head (:func:`transfer`); and the
+a frozen base model under a new head (:func:`transfer`), its base also written on its own
+(``transfer_base.keras``, the file a jaxcnn config nests); and the
 keras.applications of :data:`APPLICATIONS`, small variants of real architectures.
 """
 
@@ -170,6 +171,8 @@ def main(names: list[str]) -> None:
             model.save_weights(HERE / f"{name}.weights.h5")
         if name in LEGACY_H5:
             model.save(HERE / f"{name}.h5")
+        if name == "transfer":  # its base on its own: the file a jaxcnn config nests (type = "Model")
+            model.get_layer("base").save(HERE / "transfer_base.keras")
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         np.savez(HERE / f"{name}.expected.npz", inputs=inputs, outputs=outputs,
                  keras_version=np.asarray(keras.__version__),
