@@ -48,9 +48,14 @@ def _requests():
 @pytest.mark.parametrize("max_draw", [initializers._MAX_DRAW, 64])
 def test_batched_draws_equal_each_initializer_called_alone_bit_for_bit(monkeypatch, max_draw):
     """Every initializer and weight rank, sizes within and across a power of two; with draws cut into
-    chunks too (max_draw=64). Both sides in one jitted program, as a compiled model's init runs them."""
+    chunks too (max_draw=64: the chunking is the same for every initializer, so there one of each
+    distribution: uniform, normal, truncated normal, orthogonal, constant). Both sides in one jitted
+    program, as a compiled model's init runs them (each compile takes about 20 s on the 2-core CPU)."""
     monkeypatch.setattr(initializers, "_MAX_DRAW", max_draw)
     requests = _requests()
+    if max_draw == 64:
+        chunked = ("glorot_uniform", "he_normal", "truncated_normal", "orthogonal", "ones")
+        requests = [r for r in requests if initializers.spec_name(r.spec) in chunked]
 
     def both(keys):
         given = [r._replace(key=k) for r, k in zip(requests, keys)]
