@@ -17,13 +17,17 @@ an epoch is ``np.random.default_rng([seed, epoch]).permutation(n)``, so a run re
 The ``[data]`` table of a training config (read by :func:`dataset_from_config`)::
 
     [data]
-    name = "digits"          # "digits" (scikit-learn's 8x8 digits), "cifar10" or "npz"
-    path = "data/cifar-10-batches-py"   # folder (cifar10) or file (npz); relative to the config
+    name = "digits"          # "digits" (scikit-learn's 8x8 digits), "cifar10", "npz" or "folder"
+    path = "data/cifar-10-batches-py"   # folder (cifar10, folder) or file (npz); relative to the config
     validation = 0.1         # fractions of the examples, split stratified by class
     test = 0.1               # (cifar10: the test set is test_batch; `test` may only be 0 there)
     normalize = "standardize"   # "standardize" (per-channel, train statistics), "scale", "none"
     fit = "pad"              # "pad", "resize" or "none": how images reach the model's input_shape
     limit = 500              # optional: keep the first N training examples (quick runs)
+
+An image folder (``name = "folder"``: one subfolder per class, or a labels CSV; ``train/``, ``val/``,
+``test/`` folders as the splits) also takes ``labels``, ``image_size``, ``interpolation``,
+``crop_to_aspect_ratio`` and ``on_bad_image``: see :mod:`jaxcnn.folders`.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxcnn import folders
 from jaxcnn.errors import ConfigError, describe_value, plural
 
 __all__ = [
@@ -74,13 +79,16 @@ __all__ = [
 ]
 
 #: Dataset names accepted by ``name`` in the ``[data]`` table.
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "npz")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "npz", "folder")
 #: Values of ``normalize`` (:func:`normalize`'s ``mode``).
 NORMALIZE_MODES: tuple[str, ...] = ("standardize", "scale", "none")
 #: Values of ``fit`` (:func:`fit_to_shape`'s ``method``).
 FIT_METHODS: tuple[str, ...] = ("pad", "resize", "none")
 #: Keys of the ``[data]`` table.
-DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit")
+DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit", "labels", "image_size",
+                               "interpolation", "crop_to_aspect_ratio", "on_bad_image")
+#: The keys only an image folder takes (:mod:`jaxcnn.folders`).
+FOLDER_KEYS: tuple[str, ...] = ("labels", "image_size", "interpolation", "crop_to_aspect_ratio", "on_bad_image")
 
 DATA_DEFAULTS: Mapping[str, Any] = {
     "name": "digits", "validation": 0.1, "test": 0.1, "normalize": "standardize", "fit": "pad"}
@@ -107,6 +115,8 @@ class Dataset:
     num_classes: int
     name: str
     class_names: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    #: the files left out when it was read (an image folder's unreadable images, ``path: reason``)
+    skipped: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images, dtype=np.float32)
@@ -122,6 +132,7 @@ class Dataset:
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels.astype(np.int32, copy=False))
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "skipped", tuple(self.skipped))
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -692,11 +703,13 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                               or limit < 1):
         raise fail("limit", f"must be a positive integer, got {describe_value(limit)}")
     path = cfg.get("path")
+    folder_options = _folder_options(cfg, table, name, fail)
     if name == "digits":
         if path is not None:
             raise fail("path", "the digits dataset ships with scikit-learn and takes no path")
     elif path is None:
-        what = "folder of the CIFAR-10 python batches" if name == "cifar10" else ".npz file"
+        what = {"cifar10": "folder of the CIFAR-10 python batches", "npz": ".npz file",
+                "folder": "folder of images, one subfolder per class"}[name]
         raise fail("path", f"name = {name!r} needs path = \"...\": the {what}")
     elif not isinstance(path, str) or not path:
         raise fail("path", f"must be a non-empty string, got {describe_value(path)}")
@@ -712,8 +725,24 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                           f"{input_shape!r}", source=source, key="model.input_shape")
 
     where = _resolve(path, source) if path is not None else None
+    parts = None
     try:
-        if name == "digits":
+        if name == "folder":
+            if "labels" in folder_options:
+                folder_options["labels"] = _resolve(folder_options["labels"], source)
+            parts = folders.split_folders(where) if "labels" not in folder_options else None
+            if parts is not None:
+                given = [key for key in ("validation", "test") if key in table]
+                if given:
+                    raise ConfigError(f"holds train/ (and val/, test/) folders, which are the splits: leave "
+                                      f"`{given[0]}` out", source=str(where), key=given[0])
+                train, val, test_set, skipped = folders.load_split_folders(parts, channels=target[2],
+                                                                             **folder_options)
+                full = dataclasses.replace(train, skipped=tuple(skipped))
+            else:
+                full, skipped = folders.load_folder(where, channels=target[2], name="folder", **folder_options)
+                full = dataclasses.replace(full, skipped=tuple(skipped))
+        elif name == "digits":
             full = load_digits()
         elif name == "npz":
             full = load_npz(where)
@@ -722,10 +751,13 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
             # `test` is refused above unless it is 0 (no test set): test_batch is the test set.
             test_set = load_cifar10(where, subset="test") if "test" not in table else None
     except ConfigError as error:
-        raise fail("name" if name == "digits" else "path", str(error)) from error
+        raise fail(error.key if error.key in ("validation", "test") else "name" if name == "digits" else "path",
+                   str(error)) from error
 
     try:
-        if name == "cifar10":
+        if parts is not None:
+            train = dataclasses.replace(full, name="folder/train")
+        elif name == "cifar10":
             train, val, _ = split(full, validation=fractions["validation"], test=0.0, seed=seed)
             if test_set is None:
                 test_set = full.take(np.arange(0))
@@ -754,6 +786,44 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                            std=tuple(float(s) for s in std), fit=fit_method, input_shape=target,
                            class_names=tuple(full.class_names))
     return (*fitted, recipe)  # type: ignore[return-value]
+
+
+def _folder_options(cfg: Mapping[str, Any], table: Mapping[str, Any], name: str,
+                    fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
+    """The image folder's keys of ``[data]``, checked (refused for another dataset)."""
+    given = [key for key in FOLDER_KEYS if key in table]
+    if name != "folder":
+        if given:
+            raise fail(given[0], f"is an image folder's key (name = \"folder\"), not {name!r}'s")
+        return {}
+    options: dict[str, Any] = {}
+    if "image_size" in table:
+        size = table["image_size"]
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise fail("image_size", f"must be [height, width], two positive integers; got {describe_value(size)}")
+        options["image_size"] = tuple(size)
+    if "interpolation" in table:
+        value = table["interpolation"]
+        if value not in folders.INTERPOLATIONS:
+            raise fail("interpolation", _unknown(f"value {value!r}", str(value), folders.INTERPOLATIONS).replace(
+                "known:", "allowed:"))
+        options["interpolation"] = value
+    if "crop_to_aspect_ratio" in table:
+        if not isinstance(table["crop_to_aspect_ratio"], bool):
+            raise fail("crop_to_aspect_ratio", f"must be true or false; got {describe_value(table['crop_to_aspect_ratio'])}")
+        options["crop_to_aspect_ratio"] = table["crop_to_aspect_ratio"]
+    if "on_bad_image" in table:
+        value = table["on_bad_image"]
+        if value not in folders.BAD_IMAGE_CHOICES:
+            raise fail("on_bad_image", f"must be \"refuse\" or \"skip\"; got {describe_value(value)}")
+        options["on_bad_image"] = value
+    if "labels" in table:
+        if not isinstance(table["labels"], str) or not table["labels"]:
+            raise fail("labels", f"must be the path of a `file,label` CSV; got {describe_value(table['labels'])}")
+        options["labels"] = table["labels"]
+    del cfg
+    return options
 
 
 def _resolve(path: str, source: str) -> pathlib.Path:

@@ -354,6 +354,9 @@ def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
                 f"{len(run.train)} train / {len(run.val)} validation / {len(run.test)} test examples, "
                 f"{plural(run.config.epochs, 'epoch')} of {plural(run.steps_per_epoch, 'step')}, "
                 f"workdir {run.workdir}; {_describe_layout(run)}")
+        if run.train.skipped:
+            out.say(f"skipped {plural(len(run.train.skipped), 'unreadable image')} (on_bad_image = \"skip\"): "
+                    + "; ".join(run.train.skipped[:3]) + ("; ..." if len(run.train.skipped) > 3 else ""))
         state = run.compiled.init(run.config.seed)
         if run.init_from is not None:
             source, partial, taken, fresh = run.init_from
@@ -546,7 +549,8 @@ def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock,
         "seed": run.config.seed,
         "model": run.model.name,
         "params": run.model.count_params(),
-        "data": {"name": run.train.name, "train": len(run.train), "validation": len(run.val), "test": len(run.test)},
+        "data": {"name": run.train.name, "train": len(run.train), "validation": len(run.val), "test": len(run.test),
+                 **({"skipped_images": len(run.train.skipped)} if run.train.name.startswith("folder") else {})},
         "device": str(jax.devices()[0].platform),
         "devices": run.layout.size,
         "processes": jax.process_count(),

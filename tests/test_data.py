@@ -489,7 +489,7 @@ def test_config_npz(tmp_path):
     ({"nmae": "digits"}, "data.nmae", "unknown key in [data]; did you mean `name`? known: name, "
                                       "path, validation, test, normalize, fit, limit"),
     ({"name": "mnist"}, "data.name", "unknown value 'mnist'; allowed: digits, cifar10, npz"),
-    ({"name": 3}, "data.name", "must be one of digits, cifar10, npz; got an integer (3)"),
+    ({"name": 3}, "data.name", "must be one of digits, cifar10, npz, folder; got an integer (3)"),
     ({"normalize": "minmax"}, "data.normalize", "allowed: standardize, scale, none"),
     ({"normalize": True}, "data.normalize", "got a boolean (True)"),
     ({"fit": "crop"}, "data.fit", "allowed: pad, resize, none"),
