@@ -37,7 +37,7 @@ MODEL = """
 [model]
 name = "tiny"
 input_shape = [8, 8, 1]
-
+{augmentation}
 [[layers]]
 type = "Conv2D"
 filters = {filters}
@@ -85,11 +85,26 @@ momentum = 0.9
 """
 
 
+# augmentation layers in the training step, keyed by fold_in(key, step): a resumed run must augment as
+# the uninterrupted one did (the crash and SIGKILL tests below)
+AUGMENTATION = """
+[[layers]]
+type = "RandomTranslation"
+height_factor = 0.1
+width_factor = 0.1
+
+[[layers]]
+type = "RandomRotation"
+factor = 0.05
+"""
+
+
 def write_config(tmp_path, name="run.toml", *, filters=4, limit=150, epochs=2, patience=0, lr=0.05,
-                 on_nonfinite="stop", dropout=0.2) -> pathlib.Path:
+                 on_nonfinite="stop", dropout=0.2, augment=False) -> pathlib.Path:
     path = tmp_path / name
     path.write_text(MODEL.format(filters=filters, limit=limit, epochs=epochs, patience=patience, lr=lr,
-                                 on_nonfinite=on_nonfinite, dropout=dropout))
+                                 on_nonfinite=on_nonfinite, dropout=dropout,
+                                 augmentation=AUGMENTATION if augment else ""))
     return path
 
 
@@ -129,7 +144,7 @@ class Crash(Exception):
 
 
 def test_a_crashed_run_resumes_exactly(tmp_path, capsys):
-    config = write_config(tmp_path, epochs=3)
+    config = write_config(tmp_path, epochs=3, augment=True)
     reference = train_and_evaluate(config, tmp_path / "whole", progress=False)
 
     def crash_at_7(step):
@@ -153,7 +168,7 @@ def test_a_crashed_run_resumes_exactly(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_parameters(tmp_path):
-    config = write_config(tmp_path, epochs=8, limit=300)
+    config = write_config(tmp_path, epochs=8, limit=300, augment=True)
     command = [sys.executable, "-m", "jaxcnn.cli", "train", str(config), "--workdir"]
     whole = subprocess.run([*command, str(tmp_path / "whole"), "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr
