@@ -444,11 +444,12 @@ def test_application_reproduces_keras_figures_and_is_proved(path):
 STEP_FAMILIES = ("ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0", "InceptionV3", "MobileNet",
                  "MobileNetV2", "MobileNetV3Small", "ResNet50", "ResNet50V2", "VGG16", "Xception",
                  "nested_MobileNetV2")
-# Seconds each took in step_and_export.py on the 2-core CPU (2026-12-06), to split them evenly over the
-# two processes (the longest first, each to the less loaded); an architecture not listed counts 60 s.
-STEP_SECONDS = {"DenseNet121": 91, "InceptionV3": 48, "EfficientNetV2B0": 43, "MobileNetV3Small": 31,
-                "EfficientNetB0": 31, "ResNet50": 29, "nested_MobileNetV2": 26, "MobileNetV2": 23, "ResNet50V2": 22,
-                "Xception": 19, "ConvNeXtTiny": 16, "MobileNet": 14, "VGG16": 12}
+# Seconds each took in step_and_export.py on the 2-core CPU (2026-12-06, the mean of two runs), to split
+# them evenly over the two processes (the longest first, each to the less loaded); an architecture not
+# listed counts 60 s.
+STEP_SECONDS = {"DenseNet121": 92, "EfficientNetV2B0": 45, "InceptionV3": 43, "EfficientNetB0": 40, "ResNet50": 32,
+                "MobileNetV3Small": 29, "nested_MobileNetV2": 29, "ResNet50V2": 27, "MobileNetV2": 26, "Xception": 23,
+                "ConvNeXtTiny": 17, "MobileNet": 13, "VGG16": 12}
 
 
 def _two_shares(names: list[str]) -> list[list[str]]:
