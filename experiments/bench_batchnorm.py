@@ -25,8 +25,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -38,6 +36,7 @@ import jaxcnn
 from jaxcnn.flax_module import build_module
 from jaxcnn.layers import BatchNormalization, Input, ReLU
 from jaxcnn.lowerings import LoweringContext
+from timing import median_seconds
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SHAPES = ((128, 32, 32, 16), (128, 16, 16, 32), (128, 8, 8, 64), (128, 16, 16, 96), (128, 8, 8, 192))
@@ -76,13 +75,7 @@ def _step(forward: Callable[..., jax.Array]) -> Callable[..., object]:
 
 
 def _median_ms(call: Callable[[], object], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(call, repeats, warmup=1)
 
 
 def _torch_ms(shape: tuple[int, ...], x: np.ndarray, t: np.ndarray, repeats: int) -> float | None:

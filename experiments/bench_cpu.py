@@ -52,6 +52,8 @@ import tempfile
 import time
 from typing import Any
 
+from timing import call_seconds
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -125,12 +127,7 @@ def _data(model: Any, batch: int) -> tuple[Any, Any]:
 
 def _timed(fn: Any, n: int) -> list[float]:
     """Milliseconds of each of ``n`` calls of ``fn()`` (which waits for its result)."""
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+    return [seconds * 1000 for seconds in call_seconds(fn, n)]
 
 
 def _measure(train_step: Any, infer: Any, job: Job, batch: int) -> dict[str, Any]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import lowerings, onednn
+from timing import median_seconds
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 # (input size, channels, stride) of MobileNetV2's depthwise layers at 224x224
@@ -31,13 +31,7 @@ MOBILENETV2 = [(112, 32, 1), (112, 96, 2), (56, 144, 1), (56, 144, 2), (28, 192,
 
 
 def timed(fn, *args) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_seconds(lambda: jax.block_until_ready(fn(*args)), 7, warmup=1) * 1e3
 
 
 def forward(lowering: str, stride: int):

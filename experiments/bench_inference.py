@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 FAST = "--xla-fast-cpu" in sys.argv  # the experimental XLA CPU flags of jaxcnn.xla_flags, before JAX starts
@@ -44,23 +43,12 @@ from jaxcnn.export import export_model  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from peers import have, keras_model, torch_model  # noqa: E402
+from timing import median_seconds as timed  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 MODELS = {"cifar_cnn": ROOT / "configs" / "cifar_cnn.toml", "vgg11_32": ROOT / "configs" / "vgg11_32.toml"}
 LATENCY_CALLS, THROUGHPUT_CALLS, BATCH, ROUNDS = 50, 10, 256, 3
-
-
-def timed(fn, calls: int) -> float:
-    """Median seconds of ``fn()`` over ``calls`` calls, after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure_all(candidates: dict[str, tuple]) -> dict[str, dict[str, float]]:

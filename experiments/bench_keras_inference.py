@@ -35,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 
+from timing import median_seconds
+
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ARMS = ("jaxcnn", "jaxcnn export", "keras", "pytorch")
@@ -44,19 +46,6 @@ LATENCY_CALLS, THROUGHPUT_CALLS, BATCH = 30, 5, 32
 # ---- the workers (each in its own process) ------------------------------------------------------------
 
 
-def _timed(fn, calls: int) -> float:
-    import time
-
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _measure(predict, shape: tuple[int, ...]) -> dict:
     import numpy as np
 
@@ -64,8 +53,8 @@ def _measure(predict, shape: tuple[int, ...]) -> dict:
     one = rng.uniform(0, 255, (1, *shape)).astype(np.float32)
     batch = rng.uniform(0, 255, (BATCH, *shape)).astype(np.float32)
     probe = np.random.default_rng(1).uniform(0, 255, (4, *shape)).astype(np.float32)
-    latency = _timed(lambda: predict(one), LATENCY_CALLS)
-    throughput = BATCH / _timed(lambda: predict(batch), THROUGHPUT_CALLS)
+    latency = median_seconds(lambda: predict(one), LATENCY_CALLS)
+    throughput = BATCH / median_seconds(lambda: predict(batch), THROUGHPUT_CALLS)
     return {"latency_ms": latency * 1e3, "images_per_s": throughput, "outputs": np.asarray(predict(probe)).tolist()}
 
 

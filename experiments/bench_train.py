@@ -60,6 +60,7 @@ import jaxcnn  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from peers import have, keras_model, torch_model  # noqa: E402
+from timing import call_seconds  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -107,12 +108,7 @@ def first_call(step) -> float:
 
 def timed_calls(step, n: int) -> list[float]:
     """Seconds of each of ``n`` calls of ``step()``, which blocks until done."""
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+    return call_seconds(step, n)
 
 
 def bench_jaxcnn(model, x, y, optimizer, *, precision="float32"):

@@ -42,10 +42,8 @@ import json
 import os
 import pathlib
 import re
-import statistics
 import sys
 import tempfile
-import time
 
 from jaxcnn.host import tune_malloc
 
@@ -56,6 +54,7 @@ import numpy as np  # noqa: E402
 
 import jaxcnn  # noqa: E402
 from bench_cpu import force_lowering  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from jaxcnn.config import from_dict, read_document  # noqa: E402
 from jaxcnn.losses import Metrics  # noqa: E402
 
@@ -177,12 +176,7 @@ def thunk_times(trace_dir: str, names: set[str], steps: int) -> dict[str, float]
 
 
 def median_ms(fn, n: int) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_seconds(fn, n, warmup=0) * 1000
 
 
 def main() -> None:
