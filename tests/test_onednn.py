@@ -32,7 +32,7 @@ def _random(shape: tuple[int, ...], seed: int) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-def _close(actual: jax.Array, expected: jax.Array, rtol: float = 2e-5) -> None:
+def assert_close(actual: jax.Array, expected: jax.Array, rtol: float = 2e-5) -> None:
     """Equal up to float32 summation order: within rtol of the largest magnitude of ``expected``."""
     expected = np.asarray(expected)
     assert actual.shape == expected.shape
@@ -75,10 +75,10 @@ def test_conv_values_and_gradients_equal_lax(case):
     ours = lambda x, k, b: onednn.conv(x, k, b, **settings)
     theirs = lambda x, k, b: _lax_conv(x, k, b, strides, padding, dilation, groups)
     expected = theirs(x, kernel, bias)
-    _close(ours(x, kernel, bias), expected)
+    assert_close(ours(x, kernel, bias), expected)
     cotangent = _random(expected.shape, 3)
     for got, want in zip(_grads(ours, (x, kernel, bias), cotangent), _grads(theirs, (x, kernel, bias), cotangent)):
-        _close(got, want)
+        assert_close(got, want)
 
 
 @needs_onednn
@@ -90,10 +90,10 @@ def test_negative_padding_crops_x():
     theirs = lambda x, k, b: _lax_conv(x[:, 1:, :-2], k, b, (1, 1), ((0, 1), (2, 0)), (1, 1), 1)
     expected = theirs(x, kernel, bias)
     assert expected.shape == (2, 6, 7, 3)
-    _close(ours(x, kernel, bias), expected)
+    assert_close(ours(x, kernel, bias), expected)
     cotangent = _random(expected.shape, 3)
     for got, want in zip(_grads(ours, (x, kernel, bias), cotangent), _grads(theirs, (x, kernel, bias), cotangent)):
-        _close(got, want)
+        assert_close(got, want)
 
 
 @needs_onednn
@@ -104,7 +104,7 @@ def test_conv_without_bias_has_gradients_for_x_and_kernel():
     got = _grads(lambda x, k: onednn.conv(x, k, **settings), (x, kernel), cotangent)
     want = _grads(lambda x, k: _lax_conv(x, k, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1), (x, kernel), cotangent)
     for g, w in zip(got, want):
-        _close(g, w)
+        assert_close(g, w)
 
 
 @needs_onednn
@@ -119,12 +119,12 @@ def test_fused_bias_relu_gradient_uses_the_mask_of_the_same_forward_values(group
     mask = np.asarray(y) > 0
     assert 0.2 < mask.mean() < 0.8  # both sides of the kink are exercised
     pre = lambda x, k, b: _lax_conv(x, k, b, (1, 1), ((1, 1), (1, 1)), (1, 1), groups)
-    _close(y, jnp.maximum(pre(x, kernel, bias), 0))
+    assert_close(y, jnp.maximum(pre(x, kernel, bias), 0))
     cotangent = _random(y.shape, 3)
     got = _grads(lambda x, k, b: onednn.conv(x, k, b, activation="relu", **settings), (x, kernel, bias), cotangent)
     want = _grads(pre, (x, kernel, bias), jnp.where(mask, cotangent, 0))
     for g, w in zip(got, want):
-        _close(g, w)
+        assert_close(g, w)
 
 
 @needs_onednn
@@ -142,16 +142,16 @@ def test_bfloat16_conv_is_float32_arithmetic_on_bfloat16_rounded_inputs():
     theirs = lambda x, k, b: _lax_conv(x, k, b, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     y = ours(x, kernel, bias)
     exact = theirs(x, kernel, bias)
-    _close(y, theirs(rounded(x), rounded(kernel), bias), rtol=1e-4)
-    _close(y, exact, rtol=2e-2)
+    assert_close(y, theirs(rounded(x), rounded(kernel), bias), rtol=1e-4)
+    assert_close(y, exact, rtol=2e-2)
     assert np.abs(np.asarray(y - exact)).max() > 1e-5 * np.abs(np.asarray(exact)).max()  # bfloat16 did run
     cotangent = _random(y.shape, 3)
     dx, dk, db = _grads(ours, (x, kernel, bias), cotangent)
     _, vjp = jax.vjp(theirs, rounded(x), rounded(kernel), bias)
     want_dx, want_dk, _ = vjp(rounded(cotangent))
-    _close(dx, want_dx, rtol=1e-4)
-    _close(dk, want_dk, rtol=1e-4)
-    _close(db, jnp.sum(rounded(cotangent), axis=(0, 1, 2)), rtol=1e-5)  # summed from the rounded gradient
+    assert_close(dx, want_dx, rtol=1e-4)
+    assert_close(dk, want_dk, rtol=1e-4)
+    assert_close(db, jnp.sum(rounded(cotangent), axis=(0, 1, 2)), rtol=1e-5)  # summed from the rounded gradient
 
 
 @needs_onednn
@@ -167,7 +167,7 @@ def test_bfloat16_weight_gradient_of_few_input_channels_stays_float32():
     cotangent = _random((4, 10, 10, 16), 2)
     _, dk = _grads(ours, (x, kernel), cotangent)
     _, vjp = jax.vjp(theirs, x, kernel)
-    _close(dk, vjp(cotangent)[1])
+    assert_close(dk, vjp(cotangent)[1])
     _, rounded_vjp = jax.vjp(theirs, rounded(x), rounded(kernel))
     assert np.abs(np.asarray(dk - rounded_vjp(rounded(cotangent))[1])).max() > 1e-4 * np.abs(np.asarray(dk)).max()
 
@@ -193,10 +193,10 @@ def test_conv_transpose_values_and_gradients_equal_lax(case):
     theirs = lambda x, k: lax.conv_transpose(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=DIMS,
                                              transpose_kernel=True)
     expected = theirs(x, kernel)
-    _close(ours(x, kernel), expected)
+    assert_close(ours(x, kernel), expected)
     cotangent = _random(expected.shape, 2)
     for got, want in zip(_grads(ours, (x, kernel), cotangent), _grads(theirs, (x, kernel), cotangent)):
-        _close(got, want)
+        assert_close(got, want)
 
 
 # (x shape, pool, strides, padding)
@@ -230,7 +230,7 @@ def test_max_pool_equals_reduce_window_without_ties(case):
     cotangent = _random(_reduce_max(x, pool, strides, padding).shape, 1)
     (got,) = _grads(lambda x: onednn.max_pool(x, **settings), (x,), cotangent)
     (want,) = _grads(lambda x: _reduce_max(x, pool, strides, padding), (x,), cotangent)
-    _close(got, want, rtol=1e-6)
+    assert_close(got, want, rtol=1e-6)
 
 
 @needs_onednn
@@ -263,11 +263,11 @@ def test_avg_pool_is_the_mean_of_in_bounds_elements(case):
     x = _random(x_shape, 0)
     settings = dict(pool=pool, strides=strides, padding=padding)
     expected = _reduce_mean_in_bounds(x, pool, strides, padding)
-    _close(onednn.avg_pool(x, **settings), expected, rtol=1e-6)
+    assert_close(onednn.avg_pool(x, **settings), expected, rtol=1e-6)
     cotangent = _random(expected.shape, 1)
     (got,) = _grads(lambda x: onednn.avg_pool(x, **settings), (x,), cotangent)
     (want,) = _grads(lambda x: _reduce_mean_in_bounds(x, pool, strides, padding), (x,), cotangent)
-    _close(got, want, rtol=1e-6)
+    assert_close(got, want, rtol=1e-6)
 
 
 @needs_onednn
