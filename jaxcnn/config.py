@@ -73,7 +73,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jaxcnn.errors import ConfigError, JaxcnnError, LayerArgumentError, describe_value
-from jaxcnn.files import keras_file_kind, write_atomic
+from jaxcnn.files import from_config, keras_file_kind, write_atomic
 from jaxcnn.graph import DEFAULT_NAME as GRAPH_NAME
 from jaxcnn.graph import INPUT_NAME, Model, Nested, Node, fresh_name
 from jaxcnn.layers import LAYER_TYPES, Input, Layer
@@ -405,8 +405,7 @@ def _nested_spec(table: Mapping[str, Any], index: int | None, source: str, extra
         raise ConfigError(f"`trainable` (={trainable!r}) must be true or false", key="trainable", **where)
     if layer_name is None and "name" in table:
         raise ConfigError(f"`name` (={table['name']!r}) must be a non-empty string", key="name", **where)
-    folder = pathlib.Path(source).parent if os.path.exists(source) else pathlib.Path.cwd()
-    file = os.path.abspath(folder / os.path.expanduser(path))
+    file = os.path.abspath(from_config(path, source))
     if not os.path.exists(file):
         raise ConfigError(f"`path` (={path!r}) names no file ({file})", key="path", **where)
     if file in _LOADING or file == os.path.abspath(source):

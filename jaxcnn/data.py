@@ -53,6 +53,7 @@ import numpy as np
 
 from jaxcnn import folders
 from jaxcnn.errors import ConfigError, describe_value, plural
+from jaxcnn.files import from_config
 
 __all__ = [
     "DATASETS",
@@ -703,7 +704,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                               or limit < 1):
         raise fail("limit", f"must be a positive integer, got {describe_value(limit)}")
     path = cfg.get("path")
-    folder_options = _folder_options(cfg, table, name, fail)
+    folder_options = _folder_options(table, name, fail)
     if name == "digits":
         if path is not None:
             raise fail("path", "the digits dataset ships with scikit-learn and takes no path")
@@ -724,12 +725,12 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
         raise ConfigError(f"the model's input shape must be (height, width, channels), got "
                           f"{input_shape!r}", source=source, key="model.input_shape")
 
-    where = _resolve(path, source) if path is not None else None
+    where = from_config(path, source) if path is not None else None
     parts = None
     try:
         if name == "folder":
             if "labels" in folder_options:
-                folder_options["labels"] = _resolve(folder_options["labels"], source)
+                folder_options["labels"] = from_config(folder_options["labels"], source)
             parts = folders.split_folders(where) if "labels" not in folder_options else None
             if parts is not None:
                 given = [key for key in ("validation", "test") if key in table]
@@ -755,8 +756,8 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                    str(error)) from error
 
     try:
-        if parts is not None:
-            train = dataclasses.replace(full, name="folder/train")
+        if parts is not None:  # the folders are the splits
+            train = full
         elif name == "cifar10":
             train, val, _ = split(full, validation=fractions["validation"], test=0.0, seed=seed)
             if test_set is None:
@@ -788,8 +789,7 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
     return (*fitted, recipe)  # type: ignore[return-value]
 
 
-def _folder_options(cfg: Mapping[str, Any], table: Mapping[str, Any], name: str,
-                    fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
+def _folder_options(table: Mapping[str, Any], name: str, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
     """The image folder's keys of ``[data]``, checked (refused for another dataset)."""
     given = [key for key in FOLDER_KEYS if key in table]
     if name != "folder":
@@ -822,17 +822,7 @@ def _folder_options(cfg: Mapping[str, Any], table: Mapping[str, Any], name: str,
         if not isinstance(table["labels"], str) or not table["labels"]:
             raise fail("labels", f"must be the path of a `file,label` CSV; got {describe_value(table['labels'])}")
         options["labels"] = table["labels"]
-    del cfg
     return options
-
-
-def _resolve(path: str, source: str) -> pathlib.Path:
-    """``path`` as written; a relative one is taken from the config file's folder when
-    ``source`` is a file path (not ``<config>``, ``<string>``, ...)."""
-    p = pathlib.Path(path).expanduser()
-    if p.is_absolute() or (source.startswith("<") and source.endswith(">")):
-        return p
-    return pathlib.Path(source).expanduser().parent / p
 
 
 # --------------------------------------------------------------------------------------------

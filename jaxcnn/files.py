@@ -17,7 +17,7 @@ import pathlib
 import secrets
 from collections.abc import Iterator
 
-__all__ = ["atomic_path", "keras_file_kind", "write_atomic"]
+__all__ = ["atomic_path", "from_config", "keras_file_kind", "write_atomic"]
 
 
 def _fresh_temp(target: pathlib.Path) -> tuple[pathlib.Path, int]:
@@ -87,3 +87,12 @@ def keras_file_kind(path: str) -> str | None:
     if head == b"\x89HDF\r\n\x1a\n":
         return "h5"
     return None
+
+
+def from_config(path: str | os.PathLike[str], source: str) -> pathlib.Path:
+    """``path`` as a config at ``source`` writes it: a relative one is taken from that config's folder
+    when ``source`` is a file path (not ``<config>``, ``<dict>``, ...), else as it stands."""
+    p = pathlib.Path(path).expanduser()
+    if p.is_absolute() or (source.startswith("<") and source.endswith(">")):
+        return p
+    return pathlib.Path(source).expanduser().parent / p

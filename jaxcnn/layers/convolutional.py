@@ -118,7 +118,7 @@ class _Unpatched:
         return _describe_unpatched(self, context)
 
 
-class _Depthwise(_Unpatched):
+class _Depthwise:
     """The lowering of a depthwise convolution (DepthwiseConv2D, SeparableConv2D's first stage):
     ``"conv"``, ``"shifted"`` or ``"onednn"`` (:func:`jaxcnn.lowerings.choose_depthwise`)."""
 
