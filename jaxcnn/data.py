@@ -46,12 +46,13 @@ import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
-from jaxcnn import folders
+from jaxcnn import folders, stream
+from jaxcnn.stream import Batch, epoch_order
 from jaxcnn.errors import ConfigError, describe_value, plural
 from jaxcnn.files import from_config
 
@@ -87,9 +88,10 @@ NORMALIZE_MODES: tuple[str, ...] = ("standardize", "scale", "none")
 FIT_METHODS: tuple[str, ...] = ("pad", "resize", "none")
 #: Keys of the ``[data]`` table.
 DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit", "labels", "image_size",
-                               "interpolation", "crop_to_aspect_ratio", "on_bad_image")
-#: The keys only an image folder takes (:mod:`jaxcnn.folders`).
-FOLDER_KEYS: tuple[str, ...] = ("labels", "image_size", "interpolation", "crop_to_aspect_ratio", "on_bad_image")
+                               "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream", "workers")
+#: The keys only an image folder takes (:mod:`jaxcnn.folders`, :mod:`jaxcnn.stream`).
+FOLDER_KEYS: tuple[str, ...] = ("labels", "image_size", "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream",
+                                "workers")
 
 DATA_DEFAULTS: Mapping[str, Any] = {
     "name": "digits", "validation": 0.1, "test": 0.1, "normalize": "standardize", "fit": "pad"}
@@ -417,26 +419,33 @@ def split(dataset: Dataset, *, validation: float = 0.1, test: float = 0.1,
     if validation + test >= 1.0:
         raise ConfigError(f"validation ({validation}) + test ({test}) must leave examples for "
                           "training", key="validation")
-    n = len(dataset)
+    parts = split_indices(dataset.labels, validation=validation, test=test, seed=seed)
+    if len(dataset) and parts[0].size == 0:
+        raise ConfigError(f"dataset {dataset.name!r} has {len(dataset)} examples: none is left for "
+                          f"training after validation ({parts[1].size}) and test ({parts[2].size})",
+                          key="validation")
+    train, val, tst = (dataset.take(p) for p in parts)
+    return (dataclasses.replace(train, name=f"{dataset.name}/train"),
+            dataclasses.replace(val, name=f"{dataset.name}/validation"),
+            dataclasses.replace(tst, name=f"{dataset.name}/test"))
+
+
+def split_indices(labels: np.ndarray, *, validation: float, test: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The indices of :func:`split`'s ``(train, validation, test)`` for examples of ``labels``."""
+    labels = np.asarray(labels)
+    n = labels.shape[0]
     rng = np.random.default_rng(seed)
     position = np.empty(n, dtype=np.float64)
-    for label in np.unique(dataset.labels):
-        members = np.flatnonzero(dataset.labels == label)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
         order = rng.permutation(members)
         # The k-th of m shuffled members sits at (k + u) / m in [0, 1): classes interleave.
         position[order] = (np.arange(order.size) + rng.random()) / order.size
     order = np.lexsort((rng.random(n), position))
     n_test = int(round(test * n))
     n_val = int(round(validation * n))
-    parts = (order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test])
-    if n and parts[0].size == 0:
-        raise ConfigError(f"dataset {dataset.name!r} has {n} examples: none is left for "
-                          f"training after validation ({n_val}) and test ({n_test})",
-                          key="validation")
-    train, val, tst = (dataset.take(p) for p in parts)
-    return (dataclasses.replace(train, name=f"{dataset.name}/train"),
-            dataclasses.replace(val, name=f"{dataset.name}/validation"),
-            dataclasses.replace(tst, name=f"{dataset.name}/test"))
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
 def normalization_stats(train: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -488,30 +497,32 @@ def fit_to_shape(dataset: Dataset, shape: Sequence[int], *, method: str = "pad")
         raise ConfigError(f"the input shape must be (height, width, channels), got {shape!r}",
                           key="input_shape")
     have = dataset.shape
-    what = f"dataset {dataset.name!r}: images of shape {have}"
     if have == target:
         return dataset
+    check_fit(have, target, method, dataset.name)
+    (h, w, _), (th, tw, _) = have, target
+    images = dataset.images
+    if method == "resize" and (h, w) != (th, tw):
+        images = _resize(images, th, tw)
+    images = stream.fit_images(images, target)  # pads (smaller images) and repeats one channel
+    return dataclasses.replace(dataset, images=images)
+
+
+def check_fit(have: Sequence[int], target: Sequence[int], method: str, name: str) -> None:
+    """Refuse (``ConfigError``, key ``fit``) images of shape ``have`` that ``method`` cannot fit
+    to ``target``."""
+    what = f"dataset {name!r}: images of shape {tuple(have)}"
     h, w, c = have
     th, tw, tc = target
     if c != tc and c != 1:
-        raise ConfigError(f"{what} have {c} channels, the model's input shape {target} wants "
+        raise ConfigError(f"{what} have {c} channels, the model's input shape {tuple(target)} wants "
                           f"{tc}; only 1 channel can be repeated", key="fit")
     if method == "none":
-        raise ConfigError(f"{what} do not match the model's input shape {target}; use "
+        raise ConfigError(f"{what} do not match the model's input shape {tuple(target)}; use "
                           "fit = \"pad\" or \"resize\"", key="fit")
     if method == "pad" and (h > th or w > tw):
-        raise ConfigError(f"{what} are larger than the model's input shape {target}; use "
+        raise ConfigError(f"{what} are larger than the model's input shape {tuple(target)}; use "
                           "fit = \"resize\"", key="fit")
-    images = dataset.images
-    if (h, w) != (th, tw):
-        if method == "pad":
-            top, left = (th - h) // 2, (tw - w) // 2
-            images = np.pad(images, ((0, 0), (top, th - h - top), (left, tw - w - left), (0, 0)))
-        else:
-            images = _resize(images, th, tw)
-    if c != tc:
-        images = np.repeat(images, tc, axis=-1)
-    return dataclasses.replace(dataset, images=images)
 
 
 def _resize(images: np.ndarray, height: int, width: int, chunk: int = 4096) -> np.ndarray:
@@ -531,14 +542,6 @@ def _resize(images: np.ndarray, height: int, width: int, chunk: int = 4096) -> n
 # Batches.
 
 
-class Batch(NamedTuple):
-    """One fixed-size batch; ``mask`` is 1 for real examples, 0 for the padding of the last."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    mask: np.ndarray
-
-
 def _check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -555,13 +558,6 @@ def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
-def epoch_order(n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> np.ndarray:
-    """The order of the examples in an epoch: ``default_rng([seed, epoch]).permutation(n)``."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
             start: int = 0, drop_remainder: bool = False) -> Iterator[Batch]:
     """The batches of one epoch, from batch ``start`` on, every one ``batch_size`` long.
@@ -576,23 +572,9 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) \
             or not 0 <= start <= total:
         raise ValueError(f"start must be a batch index in 0..{total}, got {start!r}")
-    order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch)
-    return _batches(dataset, order, batch_size, int(start), total)
-
-
-def _batches(dataset: Dataset, order: np.ndarray, batch_size: int, start: int,
-             total: int) -> Iterator[Batch]:
-    for k in range(start, total):
-        idx = order[k * batch_size:(k + 1) * batch_size]
-        images = dataset.images[idx]
-        labels = dataset.labels[idx]
-        mask = np.ones(batch_size, dtype=np.float32)
-        missing = batch_size - idx.size
-        if missing:
-            images = np.concatenate([images, np.zeros((missing,) + images.shape[1:], np.float32)])
-            labels = np.concatenate([labels, np.zeros(missing, np.int32)])
-            mask[idx.size:] = 0.0
-        yield Batch(images, labels, mask)
+    source = stream.BatchSource(dataset, stream.Plan(n, batch_size, batch_size), shuffle=shuffle, seed=seed,
+                                epochs=epoch + 1)
+    return (source.batch(source[epoch * source.plan.steps + k]) for k in range(int(start), total))
 
 
 def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
@@ -662,8 +644,12 @@ def dataset_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
 
 
 def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int], seed: int,
-                        source: str = "<config>") -> tuple[Dataset, Dataset, Dataset, Preprocessing]:
-    """:func:`dataset_from_config` and the :class:`Preprocessing` it applied."""
+                        source: str = "<config>", say: Callable[[str], None] | None = None
+                        ) -> tuple[Any, Any, Any, Preprocessing]:
+    """:func:`dataset_from_config` and the :class:`Preprocessing` it applied. An image folder with
+    ``stream = true`` (its default) gives :class:`jaxcnn.stream.ImageFiles` (its files, decoded a
+    batch at a time when trained on), every other dataset :class:`Dataset` s; ``say`` hears of a
+    long check of a folder's files."""
     source = str(source)
     if not isinstance(table, Mapping):
         raise ConfigError(f"[data] must be a table, got {describe_value(table)}", source=source,
@@ -737,6 +723,12 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                 if given:
                     raise ConfigError(f"holds train/ (and val/, test/) folders, which are the splits: leave "
                                       f"`{given[0]}` out", source=str(where), key=given[0])
+            workers = folder_options.pop("workers", stream.DEFAULT_WORKERS)
+            if folder_options.pop("stream", True):
+                return _streamed_folder(where, parts, folder_options, workers=workers, target=target,
+                                        fractions=fractions, seed=seed, limit=limit, normalize_mode=normalize_mode,
+                                        fit_method=fit_method, fail=fail, say=say)
+            if parts is not None:
                 train, val, test_set, skipped = folders.load_split_folders(parts, channels=target[2],
                                                                              **folder_options)
                 full = dataclasses.replace(train, skipped=tuple(skipped))
@@ -789,6 +781,102 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
     return (*fitted, recipe)  # type: ignore[return-value]
 
 
+def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None, options: dict[str, Any], *,
+                     workers: int, target: tuple[int, ...], fractions: dict[str, float], seed: int, limit: int | None,
+                     normalize_mode: str, fit_method: str, fail: Callable[[str, str], ConfigError],
+                     say: Callable[[str], None] | None) -> tuple[Any, Any, Any, Preprocessing]:
+    """:func:`prepare_from_config` of a folder left on disk (``stream = true``): its files listed and
+    each decoded once (:func:`jaxcnn.stream.scan`, in ``workers`` processes: bad images, sizes,
+    statistics), split as an in-memory folder is, and left to be decoded a batch at a time."""
+    on_bad_image = options.pop("on_bad_image", "refuse")
+    labels = options.pop("labels", None)
+    scans: dict[str, stream.Scan] = {}
+    count, process = jax.process_count(), jax.process_index()
+
+    def files_of(folder: pathlib.Path, name: str, class_names: Sequence[str] | None = None) -> stream.ImageFiles:
+        listed, names = folders.list_folder(folder, labels=labels, class_names=class_names)
+        files = stream.ImageFiles([f.path for f in listed], [f.label for f in listed], len(names), name,
+                                  class_names=names, channels=target[2], **options)
+        # each process decodes its share of the files; what they found is summed over the processes
+        found = stream.scan(files, members=np.arange(process, len(files), count), workers=workers, say=say)
+        if count > 1:
+            found = found.merged(_sum_over_processes(found.arrays()))
+        files, skipped = stream.examine(files, found, on_bad_image=on_bad_image)
+        scans[name] = found._replace(means=found.means[found.ok == 1], variances=found.variances[found.ok == 1],
+                                     reasons={i: line for i, line in enumerate(skipped)})
+        return files
+
+    try:
+        if parts is not None:  # the folders are the splits
+            scanned = train = files_of(parts["train"], "folder/train")
+            splits = [train]
+            for part in ("val", "test"):
+                if part not in parts:
+                    splits.append(dataclasses.replace(train.take([]), name=f"folder/{part}"))
+                    continue
+                files = files_of(parts[part], f"folder/{part}", class_names=train.class_names)
+                if files.raw_shape != train.raw_shape:
+                    raise ConfigError(f"its images are {files.raw_shape[0]}x{files.raw_shape[1]}, the training "
+                                      f"folder's {train.raw_shape[0]}x{train.raw_shape[1]}: give `image_size = [H, W]` "
+                                      "in [data]", source=str(parts[part]))
+                splits.append(files)
+        else:
+            scanned = files_of(where, "folder")
+            splits = list(split(scanned, seed=seed, **fractions))
+    except ConfigError as error:
+        if error.key in ("validation", "test"):
+            raise fail(error.key, error.detail) from error
+        raise fail("path", str(error)) from error
+    train, val, test_set = splits
+    if limit is not None:
+        train = train.take(np.arange(min(limit, len(train))))
+    if len(train) == 0:
+        raise fail("validation", f"no training examples: {scanned.name!r} has {len(scanned)}")
+    mean = std = np.zeros(0, np.float32)
+    if normalize_mode == "standardize":  # the training images' statistics, from the scan's per-image ones
+        found = scans[scanned.name]
+        row = {path: i for i, path in enumerate(scanned.paths)}
+        rows = [row[path] for path in train.paths]
+        mean, std = stream.pooled_stats(found.means[rows], found.variances[rows])
+        std = np.where(std < _MIN_STD, 1.0, std)
+        mean, std = mean.astype(np.float32), std.astype(np.float32)
+    raw = train.raw_shape
+    try:
+        if raw != target:
+            check_fit(raw, target, fit_method, train.name)
+    except ConfigError as error:
+        raise fail("fit", error.detail) from error
+    if fit_method == "resize" and raw[:2] != target[:2]:
+        raise fail("fit", f"dataset {train.name!r}: images of shape {raw} are streamed and resized as they are "
+                   f"decoded: give `image_size = [{target[0]}, {target[1]}]` in [data] (or `stream = false`)")
+    skipped = tuple(line for found in scans.values() for line in found.reasons.values())
+    ready = {"mean": tuple(float(m) for m in mean), "std": tuple(float(s) for s in std),
+             "target": target if raw != target else None}
+    train = dataclasses.replace(train, skipped=skipped, **ready)
+    val, test_set = (dataclasses.replace(part, **ready) for part in (val, test_set))
+    recipe = Preprocessing(raw_shape=raw, mean=ready["mean"], std=ready["std"], fit=fit_method,
+                           input_shape=target, class_names=tuple(train.class_names))
+    return train, val, test_set, recipe
+
+
+def _sum_over_processes(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each array summed over the processes of a multi-process run (float64 travels as its bits:
+    JAX's arrays are 32-bit)."""
+    from jax.experimental import multihost_utils
+
+    def bits(array: np.ndarray) -> np.ndarray:
+        return array.view(np.int32) if array.dtype == np.float64 else array.astype(np.int32)
+
+    gathered = multihost_utils.process_allgather([bits(a) for a in arrays])
+    out = []
+    for array, stacked in zip(arrays, gathered):
+        stacked = np.asarray(stacked)
+        if array.dtype == np.float64:
+            stacked = stacked.view(np.float64)
+        out.append(stacked.sum(axis=0).astype(array.dtype))
+    return out
+
+
 def _folder_options(table: Mapping[str, Any], name: str, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
     """The image folder's keys of ``[data]``, checked (refused for another dataset)."""
     given = [key for key in FOLDER_KEYS if key in table]
@@ -818,6 +906,17 @@ def _folder_options(table: Mapping[str, Any], name: str, fail: Callable[[str, st
         if value not in folders.BAD_IMAGE_CHOICES:
             raise fail("on_bad_image", f"must be \"refuse\" or \"skip\"; got {describe_value(value)}")
         options["on_bad_image"] = value
+    if "stream" in table:
+        if not isinstance(table["stream"], bool):
+            raise fail("stream", f"must be true (decode a batch at a time) or false (read the folder into memory); "
+                       f"got {describe_value(table['stream'])}")
+        options["stream"] = table["stream"]
+    if "workers" in table:
+        value = table["workers"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail("workers", f"must be the number of decoding processes, 0 or more (0: in the training "
+                       f"process); got {describe_value(value)}")
+        options["workers"] = value
     if "labels" in table:
         if not isinstance(table["labels"], str) or not table["labels"]:
             raise fail("labels", f"must be the path of a `file,label` CSV; got {describe_value(table['labels'])}")

@@ -68,7 +68,7 @@ from typing import Any, TextIO
 import jax
 
 from jaxcnn import data as data_lib
-from jaxcnn import parallel
+from jaxcnn import parallel, stream
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.compile_cache import CacheEvents
 from jaxcnn.config import from_dict, read_document
@@ -207,15 +207,16 @@ class _Run:
     mesh: parallel.MeshConfig
     layout: parallel.Layout
     global_batch: int
-    train: data_lib.Dataset
-    val: data_lib.Dataset
-    test: data_lib.Dataset
+    train: Any  # a data_lib.Dataset, or stream.ImageFiles (a folder streamed from disk)
+    val: Any
+    test: Any
     preprocessing: data_lib.Preprocessing
     compiled: CompiledModel
     to_labels: Callable[[Any], Any]  # the data's class indices in the form the loss takes
     steps_per_epoch: int
     settings: dict[str, Any]
     lead: bool  # the process that writes files and prints
+    workers: int  # the processes decoding a streamed folder's training batches (threads for evaluation)
     # --init-from: (the file, the partial Weights its layers give by name, the layers taken, the layers
     # left to their initializers), or None
     init_from: tuple[str, Any, list[str], list[str]] | None = None
@@ -224,31 +225,47 @@ class _Run:
     def total_steps(self) -> int:
         return self.config.epochs * self.steps_per_epoch
 
+    def plan(self, data: Any) -> stream.Plan:
+        return _plan(data, self.config.batch_size, self.global_batch)
+
     def real_examples(self, steps_into_epoch: int) -> int:
         """Real (unpadded) examples in an epoch's first ``steps_into_epoch`` steps: known on the
         host, so no step reads its mask back from the device."""
-        return min(steps_into_epoch * self.config.batch_size, len(self.train))
+        return self.plan(self.train).real_examples(steps_into_epoch)
 
-    def on_devices(self, batches: Iterator[data_lib.Batch]) -> Iterator[Any]:
-        """Host batches padded to the global batch (masked) and laid out over the mesh."""
-        padded = (parallel.pad_batch(batch._replace(labels=self.to_labels(batch.labels)), self.global_batch)
-                  for batch in batches)
-        return data_lib.prefetch_to_device(padded, put=self.layout.put_batch)
+    def train_feed(self) -> stream.Feed:
+        """The run's training batches, all its epochs, through grain (positioned by
+        :meth:`jaxcnn.stream.Feed.restore` on a resume)."""
+        return stream.Feed(self.train, self.plan(self.train), shuffle=True, seed=self.config.seed,
+                           epochs=self.config.epochs, workers=self.workers)
 
-    def train_batches(self, epoch: int, start: int) -> Iterator[Any]:
-        return self.on_devices(data_lib.batches(self.train, self.config.batch_size, shuffle=True,
-                                                seed=self.config.seed, epoch=epoch, start=start))
+    def on_devices(self, pairs: Iterator[tuple[stream.Batch, Any]]) -> Iterator[tuple[Any, Any]]:
+        """``(batch, data state)`` pairs with this process's rows of each batch laid out over the mesh."""
+        def put(pair: tuple[stream.Batch, Any]) -> tuple[Any, Any]:
+            batch, where = pair
+            return self.layout.put_local_batch(batch._replace(labels=self.to_labels(batch.labels))), where
 
-    def evaluate(self, state: TrainState, dataset: data_lib.Dataset) -> dict[str, float]:
+        return data_lib.prefetch_to_device(pairs, put=put)
+
+    def evaluate(self, state: TrainState, dataset: Any) -> dict[str, float]:
         if not len(dataset):
             return {"loss": math.nan, "accuracy": math.nan}
-        return self.compiled.evaluate(state, self.on_devices(
-            data_lib.batches(dataset, self.config.batch_size, shuffle=False)))
+        with stream.Feed(dataset, self.plan(dataset), shuffle=False, threads=self.workers) as feed:
+            pairs = self.on_devices(feed.take(feed.source.plan.steps))
+            return self.compiled.evaluate(state, (batch for batch, _ in pairs))
+
+
+def _plan(data: Any, batch_size: int, global_batch: int) -> stream.Plan:
+    """Which of ``data``'s examples this process puts in each step (:class:`jaxcnn.stream.Plan`):
+    its own files of a streamed folder, its rows of every global batch of data in memory."""
+    count = jax.process_count()
+    return stream.Plan(len(data), batch_size, global_batch // count, process=jax.process_index() if count > 1 else 0,
+                       processes=count, sharded=isinstance(data, stream.ImageFiles))
 
 
 def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
             epochs: int | None, seed: int | None, mesh: str | None, devices: int | None,
-            init_from: str | os.PathLike[str] | None = None) -> _Run:
+            init_from: str | os.PathLike[str] | None = None, say: Callable[[str], None] | None = None) -> _Run:
     """Read, validate and prepare everything; raises before any file is written."""
     source = os.fsdecode(config_path)
     doc = read_document(config_path)
@@ -273,7 +290,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
     global_batch = layout.padded_batch_size(config.batch_size, mesh_config.uneven_batch, source=source)
     data_table = doc.get("data", {})
     train, val, test, preprocessing = data_lib.prepare_from_config(
-        data_table, input_shape=model.input_shape, seed=config.seed, source=source)
+        data_table, input_shape=model.input_shape, seed=config.seed, source=source, say=say)
     if len(train) == 0:
         raise ConfigError("the training split is empty", source=source, key="data")
     if config.early_stopping_patience and len(val) == 0:
@@ -282,7 +299,8 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
             "this run has none: set data.validation above 0, or early_stopping_patience = 0",
             source=source, key="train.early_stopping_patience")
     to_labels = class_labels(config.loss, model, train.num_classes, source=source)  # e.g. one-hot
-    steps_per_epoch = data_lib.num_batches(len(train), config.batch_size)
+    workers = data_table.get("workers", stream.DEFAULT_WORKERS) if isinstance(train, stream.ImageFiles) else 0
+    steps_per_epoch = _plan(train, config.batch_size, global_batch).steps
     try:
         compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
                            precision=config.precision, on_nonfinite=config.on_nonfinite,
@@ -297,7 +315,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
     return _Run(source=source, workdir=workdir, model=model, config=config, mesh=mesh_config,
                 layout=layout, global_batch=global_batch, train=train, val=val, test=test,
                 preprocessing=preprocessing, compiled=compiled, to_labels=to_labels, steps_per_epoch=steps_per_epoch,
-                settings=settings, lead=jax.process_index() == 0, init_from=start)
+                settings=settings, lead=jax.process_index() == 0, workers=workers, init_from=start)
 
 
 def _init_from(model: Model, path: str | os.PathLike[str]) -> tuple[str, Any, list[str], list[str]]:
@@ -344,10 +362,11 @@ def _new_record(run: _Run) -> dict[str, Any]:
             "num_classes": run.train.num_classes}
 
 
-def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
+def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints, feed: stream.Feed,
                      out: Progress) -> tuple[TrainState, dict[str, Any]]:
     """A fresh state, or the newest checkpoint's (refused if its run differs, see the module
-    docstring); a best checkpoint that a kill kept from being written is written now."""
+    docstring) with ``feed`` positioned where its data state says; a best checkpoint that a kill
+    kept from being written is written now."""
     restored = checkpoints.restore(run.layout.with_shardings(run.compiled.abstract_state()))
     if restored is None:
         out.say(f"training {run.model.name!r} ({plural(run.model.count_params(), 'param')}) on {run.train.name}: "
@@ -377,6 +396,10 @@ def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints,
         out.say(f"train.epochs grew from {was} to {run.config.epochs}: the run goes on to step "
                 f"{run.total_steps:,}; {_schedule_change(run, was * run.steps_per_epoch, step)}")
         record = {**record, "epochs": run.config.epochs, "stopped_early": False}
+    try:
+        feed.restore(record.get("data_state"), step)
+    except JaxcnnError as error:
+        raise error.located(source=str(checkpoints.directory)) from None
     if record.get("best_step") == step and best.latest_step() != step:  # killed between the two saves
         best.save(step, state, {**record, "epoch_sums": None})
     _write_files(run, record)  # a kill may have come between the checkpoint and the files
@@ -436,15 +459,17 @@ def _record_with(record: dict[str, Any], step: int, sums: Metrics | None) -> dic
     return {**record, "epoch_sums": epoch_sums, "step": step}
 
 
-def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: int, start: int,
+def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: int, start: int, feed: stream.Feed,
                  checkpoints: Checkpoints, out: Progress, clock: _Clock,
                  on_step: Callable[[int], None] | None) -> tuple[TrainState, Metrics]:
-    """The steps of ``epoch`` from its step ``start`` on; returns the state and the epoch's sums."""
+    """The steps of ``epoch`` from its step ``start`` on, ``feed``'s next batches; returns the state
+    and the epoch's sums. ``record["data_state"]`` follows the batches the steps have taken, so
+    every checkpoint holds the position of the batch that comes next."""
     sums = _sums_of(record, run) if start else _empty_sums(run)
     checkpoint_due = Every(steps=run.config.checkpoint_every_steps)
     step = epoch * run.steps_per_epoch + start
     clock.started, clock.segment_from = time.perf_counter(), start
-    for batch in run.train_batches(epoch, start):
+    for batch, record["data_state"] in run.on_devices(feed.take(run.steps_per_epoch - start)):
         if clock.first_step_seconds is None:
             t0 = time.perf_counter()
             with CacheEvents() as events:
@@ -598,8 +623,9 @@ def train_and_evaluate(
     run = _set_up(config_path, workdir, epochs=epochs, seed=seed, mesh=mesh, devices=devices, init_from=init_from)
     out = Progress(stream or sys.stderr, progress and run.lead)
     checkpoints, best = _open_checkpoints(run)
+    feed = run.train_feed()
     try:
-        state, record = _start_or_resume(run, checkpoints, best, out)
+        state, record = _start_or_resume(run, checkpoints, best, feed, out)
         if run.lead and run.source.endswith(".toml"):  # the config this workdir was trained with
             write_atomic(run.workdir / "config.toml", pathlib.Path(run.source).read_text())
         clock = _Clock()
@@ -607,11 +633,13 @@ def train_and_evaluate(
         step = int(state.step)
         while step < run.total_steps and not record["stopped_early"]:
             epoch, start = divmod(step, run.steps_per_epoch)
-            state, sums = _train_epoch(run, state, record, epoch, start, checkpoints, out, clock, on_step)
+            state, sums = _train_epoch(run, state, record, epoch, start, feed, checkpoints, out, clock, on_step)
             record = _end_epoch(run, state, record, sums, epoch, checkpoints, best, out, plot)
             step = int(state.step)
+        feed.close()  # its workers' memory is free for the test evaluation
         return _finish(run, state, record, clock, out)
     finally:
+        feed.close()
         checkpoints.close()
         best.close()
 
@@ -663,18 +691,17 @@ def _diagnose_nonfinite(run: _Run, checkpoints: Checkpoints, upto: int) -> NonFi
     checks before saving) up to step ``upto``, one step at a time, and diagnose the first
     non-finite step exactly as it ran: the same state, batch, dropout key and layout."""
     restored = checkpoints.restore(run.layout.with_shardings(run.compiled.abstract_state()))
-    state = run.compiled.init(run.config.seed) if restored is None else restored[0]
+    state, record = (run.compiled.init(run.config.seed), {}) if restored is None else restored
     step = int(state.step)
-    while step < upto:
-        epoch, start = divmod(step, run.steps_per_epoch)
-        for batch in run.train_batches(epoch, start):
+    with run.train_feed() as feed:
+        if step:
+            feed.restore(record.get("data_state"), step)
+        for batch, _ in run.on_devices(feed.take(upto - step)):
             state, metrics = run.compiled.train_step(state, tuple(batch))
             step += 1
             if float(metrics.nonfinite):  # not applied: the state is the one before it, step + 1
                 before = state.replace(step=state.step - 1)
                 return _nonfinite_error(run.compiled.layer_statistics(before, tuple(batch)), step, checkpoints)
-            if step >= upto:
-                break
     raise NonFiniteError(  # pragma: no cover - a replay is deterministic
         f"a step up to {upto} was not finite, but replaying from step {int(state.step)} did not reproduce it")
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxcnn.errors import ConfigError, plural
 
-__all__ = ["BAD_IMAGE_CHOICES", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "ImageFile", "decode", "list_folder",
+__all__ = ["BAD_IMAGE_CHOICES", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "ImageFile", "decode", "list_folder", "pixels",
            "load_folder", "load_split_folders", "split_folders"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -149,10 +149,17 @@ def _filter(interpolation: str) -> int:
 
 def decode(path: pathlib.Path, *, channels: int, image_size: Sequence[int] | None = None,
            interpolation: str = "bilinear", crop_to_aspect_ratio: bool = False) -> np.ndarray:
-    """One image as float32 ``(H, W, channels)`` in [0, 1]: converted to the channels' color mode
-    (a GIF's first frame), resized to ``image_size`` where given (the centred window of its aspect
-    ratio first, with ``crop_to_aspect_ratio``: Keras's ``smart_resize``). Raises :class:`BadImage`
-    for a file Pillow cannot read whole (unreadable, truncated, not an image)."""
+    """One image as float32 ``(H, W, channels)`` in [0, 1]: :func:`pixels` divided by 255."""
+    return pixels(path, channels=channels, image_size=image_size, interpolation=interpolation,
+                  crop_to_aspect_ratio=crop_to_aspect_ratio).astype(np.float32) / 255.0
+
+
+def pixels(path: pathlib.Path, *, channels: int, image_size: Sequence[int] | None = None,
+           interpolation: str = "bilinear", crop_to_aspect_ratio: bool = False) -> np.ndarray:
+    """One image as uint8 ``(H, W, channels)``: converted to the channels' color mode (a GIF's
+    first frame), resized to ``image_size`` where given (the centred window of its aspect ratio
+    first, with ``crop_to_aspect_ratio``: Keras's ``smart_resize``). Raises :class:`BadImage` for a
+    file Pillow cannot read whole (unreadable, truncated, not an image)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -171,7 +178,7 @@ def decode(path: pathlib.Path, *, channels: int, image_size: Sequence[int] | Non
             image = image.crop((left, top, left + crop_w, top + crop_h))
         if image.size != (width, height):
             image = image.resize((width, height), resample=_filter(interpolation))
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = np.asarray(image, dtype=np.uint8)
     return array.reshape(*array.shape[:2], channels)
 
 

@@ -184,6 +184,20 @@ class Layout:
         per = global_size // count
         return slice(index * per, (index + 1) * per)
 
+    def put_local_batch(self, batch: Any) -> Any:
+        """Global arrays, sharded over ``"data"``, from each process's own rows of the batch (the
+        rows :class:`jaxcnn.stream.Plan` gives it), every process passing as many."""
+        sharding = self.batch_sharding(0)
+        if jax.process_count() == 1:
+            return jax.device_put(batch, sharding)
+
+        def put(local: np.ndarray) -> jax.Array:
+            local = np.asarray(local)
+            shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+            return jax.make_array_from_process_local_data(sharding, local, shape)
+
+        return jax.tree.map(put, batch)
+
     def put_batch(self, batch: Any, leading: int = 0) -> Any:
         """Global arrays, sharded over ``"data"``, from the host batch every process reads; each
         process transfers only its own rows (``jax.make_array_from_process_local_data``)."""

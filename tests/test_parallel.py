@@ -417,3 +417,27 @@ def test_two_processes_on_loopback_train_as_one_process_over_the_same_global_bat
     assert params_sha256(a.params) == two["params_sha256"]
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_a_folder_each_reading_only_its_own_files(tmp_path):
+    """Each process decodes its own half of the files (jaxcnn.stream.Plan, sharded); the run's
+    batches are then another permutation than one process's, so the figures are checked for sense
+    and the checkpoint for restoring, not against one process."""
+    from test_stream import write_config as folder_config
+
+    config = folder_config(tmp_path, epochs=2, data="workers = 1")
+    address = f"127.0.0.1:{free_port()}"
+    workers = [jaxcnn_train(config, tmp_path / "two", 1, "--coordinator", address, "--num-processes", "2",
+                            "--process-id", str(i)) for i in range(2)]
+    for worker in workers:
+        finish(worker)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert (two["processes"], two["devices"], two["steps"]) == (2, 2, 2 * 9)  # 140 files each, 16 a step
+    assert two["data"] == {"name": "folder/train", "train": 280, "validation": 40, "test": 80, "skipped_images": 0}
+    assert round(two["test_accuracy"] * 80) == pytest.approx(two["test_accuracy"] * 80)  # exact over all 80
+    model = load(config)
+    compiled = compile(model, {"name": "sgd", "momentum": 0.9})
+    state, _ = Checkpoints(tmp_path / "two" / "checkpoints", fingerprint=model_fingerprint(model)).restore(
+        compiled.abstract_state())
+    assert params_sha256(state.params) == two["params_sha256"]
