@@ -31,7 +31,9 @@ What a run writes in its workdir:
   training epochs (steps, data, checkpoints), without validation and without the first step's
   compilation, which is ``first_step_seconds``; ``first_step_cache`` says whether that step's program
   came from the persistent compilation cache (``"hit"``; ``"miss"``: compiled; ``"off"``: no cache,
-  see :mod:`jaxcnn.compile_cache`).
+  see :mod:`jaxcnn.compile_cache`). ``input_seconds`` is the part of ``train_seconds`` the loop spent
+  waiting for the next batch (:mod:`jaxcnn.stream`): near 0 when the input pipeline keeps up with
+  the steps, near ``train_seconds`` when it is what limits training.
 
 Resuming. A checkpoint records the settings the run's results depend on (the model, the whole
 ``[data]`` table, the ``[train]`` table but for ``epochs``, ``checkpoint_every_steps`` and
@@ -356,7 +358,7 @@ def _open_checkpoints(run: _Run) -> tuple[Checkpoints, Checkpoints]:
 
 
 def _new_record(run: _Run) -> dict[str, Any]:
-    return {"history": [], "best": None, "best_step": None, "bad_epochs": 0, "train_seconds": 0.0,
+    return {"history": [], "best": None, "best_step": None, "bad_epochs": 0, "train_seconds": 0.0, "input_seconds": 0.0,
             "examples": 0, "epoch_sums": None, "skipped_steps": 0, "stopped_early": False,
             "epochs": run.config.epochs, "preprocessing": run.preprocessing.to_dict(),
             "num_classes": run.train.num_classes}
@@ -469,7 +471,7 @@ def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: in
     checkpoint_due = Every(steps=run.config.checkpoint_every_steps)
     step = epoch * run.steps_per_epoch + start
     clock.started, clock.segment_from = time.perf_counter(), start
-    for batch, record["data_state"] in run.on_devices(feed.take(run.steps_per_epoch - start)):
+    for batch, record["data_state"] in _waited(run.on_devices(feed.take(run.steps_per_epoch - start)), record, clock):
         if clock.first_step_seconds is None:
             t0 = time.perf_counter()
             with CacheEvents() as events:
@@ -502,6 +504,21 @@ def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: in
     return state, sums
 
 
+def _waited(items: Iterator[Any], record: dict[str, Any], clock: _Clock) -> Iterator[Any]:
+    """``items``, adding the time spent waiting for each (after the first step) to
+    ``record["input_seconds"]``."""
+    iterator = iter(items)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        if clock.first_step_seconds is not None:
+            record["input_seconds"] = record.get("input_seconds", 0.0) + time.perf_counter() - start
+        yield item
+
+
 def _improved(monitor: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -519,6 +536,7 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any], sums: Metri
         "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
         "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
         "train_seconds": record["train_seconds"],
+        "input_seconds": record.get("input_seconds", 0.0),
         "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
     }
     record = {**record, "history": [*record["history"], entry],
@@ -564,6 +582,7 @@ def _finish(run: _Run, state: TrainState, record: dict[str, Any], clock: _Clock,
         "epochs": len(record["history"]),
         "steps": int(state.step),
         "train_seconds": record["train_seconds"],
+        "input_seconds": record.get("input_seconds", 0.0),
         "images_per_second": record["examples"] / max(record["train_seconds"], 1e-9),
         "params_sha256": params_sha256(parallel.fetch(state.params)),
         "best_" + run.config.monitor: record["best"],

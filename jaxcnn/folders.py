@@ -13,6 +13,9 @@ The ``[data]`` table (:func:`jaxcnn.data.prepare_from_config` reads it)::
     # interpolation = "bilinear" # bilinear, nearest, bicubic, lanczos3, lanczos5, area
     # crop_to_aspect_ratio = false  # true: the centred window of image_size's aspect ratio, resized
     # on_bad_image = "refuse"    # or "skip": an unreadable or truncated file skipped and counted
+    # stream = true              # decode each batch's files as the run needs them (jaxcnn.stream),
+                                 # in `workers` processes; false: decode the whole folder into memory
+    # workers = 2                # decoding processes (0: in the training process)
     validation = 0.1             # a seeded, stratified split, as for the other datasets...
     test = 0.1
 
