@@ -7,10 +7,12 @@ memory: the seed CIFAR CNN trained from a folder of 32x32 PNG files.
    colour layout, shifted and noised, about 2.4 KB: no real 32x32 set ships with a package here).
 2. The pipeline alone: images per second decoded and batched (batch 128) by ``jaxcnn.stream.Feed``
    with 0 (this process), 1, 2 and 3 worker processes, over one epoch, after the workers' start.
+   Twice: decoding the PNG files, and reading the decoded pixels from the cache the scan writes
+   (``cache = true``, ``jaxcnn train``'s default).
 3. Beside the step: ``jaxcnn train`` of the seed CIFAR CNN (configs/cifar_cnn.toml's layers, batch
-   128, Adam) on the folder streamed (``workers`` 1 and 2) and on the same folder read into memory
-   (``stream = false``), each in a fresh process: images per second of training and
-   ``input_seconds``, the part of it the loop waited for a batch.
+   128, Adam) on the folder streamed (the defaults; and without the cache, 1 and 2 workers) and on
+   the same folder read into memory (``stream = false``), each in a fresh process: images per
+   second of training and ``input_seconds``, the part of it the loop waited for a batch.
 4. Peak memory of each of those runs: the largest sum, over the training process and its worker
    processes, of their proportional set sizes (PSS: a page shared by n processes counts 1/n), sampled
    every 50 ms from /proc.
@@ -58,12 +60,13 @@ def write_folder(count: int) -> int:
     return count
 
 
-def pipeline_alone(workers: int) -> dict:
+def pipeline_alone(workers: int, cache: pathlib.Path | None) -> dict:
     from jaxcnn.data import prepare_from_config
     from jaxcnn.stream import Feed, Plan
 
     train, _, _, _ = prepare_from_config({"name": "folder", "path": str(FOLDER), "validation": 0, "test": 0,
-                                          "workers": 2}, input_shape=(32, 32, 3), seed=0)
+                                          "workers": 2}, input_shape=(32, 32, 3), seed=0, cache_dir=cache)
+    assert (train.cache is not None) == (cache is not None)
     with Feed(train, Plan(len(train), BATCH, BATCH), shuffle=True, epochs=1, workers=workers) as feed:
         started = time.perf_counter()
         batches = feed.take(Plan(len(train), BATCH, BATCH).steps)
@@ -72,7 +75,8 @@ def pipeline_alone(workers: int) -> dict:
         images = sum(int(batch.mask.sum()) for batch, _ in batches)
         seconds = time.perf_counter() - begun
     assert first.images.shape == (BATCH, 32, 32, 3)
-    return {"workers": workers, "images_per_second": images / seconds, "start_seconds": begun - started}
+    return {"workers": workers, "cache": cache is not None, "images_per_second": images / seconds,
+            "start_seconds": begun - started}
 
 
 def config_text(data: str, epochs: int) -> str:
@@ -151,17 +155,21 @@ def main() -> None:
     print(f"{count:,} PNGs in {FOLDER} ({sum(p.stat().st_size for p in FOLDER.rglob('*.png')) / 2**20:.0f} MB), "
           f"{time.perf_counter() - started:.0f} s")
     alone = []
-    for workers in (0, 1, 2, 3):
-        alone.append(pipeline_alone(workers))
-        print(f"pipeline alone, {workers} workers: {alone[-1]['images_per_second']:,.0f} images/s "
-              f"(workers started in {alone[-1]['start_seconds']:.1f} s)")
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        for cache in (None, pathlib.Path(tmp)):
+            for workers in (0, 1, 2, 3):
+                alone.append(pipeline_alone(workers, cache))
+                print(f"pipeline alone, {'from the pixel cache' if cache else 'decoding the PNGs'}, "
+                      f"{workers} {'threads' if cache else 'worker processes'}: "
+                      f"{alone[-1]['images_per_second']:,.0f} images/s (started in {alone[-1]['start_seconds']:.1f} s)")
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in (("memory", "stream = false"), ("streamed_1", "workers = 1"),
-                           ("streamed_2", "workers = 2")):
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        for name, data in (("memory", "stream = false"), ("streamed", "# the defaults: workers = 2, cache = true"),
+                           ("streamed_no_cache_1", "workers = 1\ncache = false"),
+                           ("streamed_no_cache_2", "workers = 2\ncache = false")):
             runs.append(train_run(name, data, args.epochs, pathlib.Path(tmp)))
             r = runs[-1]
-            print(f"train {name:11s} {r['images_per_second']:7,.0f} images/s, waited for input "
+            print(f"train {name:19s} {r['images_per_second']:7,.0f} images/s, waited for input "
                   f"{r['input_seconds']:.1f} of {r['train_seconds']:.1f} s, peak memory {r['peak_pss_mb']:,.0f} MB, "
                   f"test accuracy {r['test_accuracy']:.3f}, {r['wall_seconds']:.0f} s in all")
     memory = runs[0]["images_per_second"]

@@ -88,10 +88,10 @@ NORMALIZE_MODES: tuple[str, ...] = ("standardize", "scale", "none")
 FIT_METHODS: tuple[str, ...] = ("pad", "resize", "none")
 #: Keys of the ``[data]`` table.
 DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit", "labels", "image_size",
-                               "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream", "workers")
+                               "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream", "workers", "cache")
 #: The keys only an image folder takes (:mod:`jaxcnn.folders`, :mod:`jaxcnn.stream`).
 FOLDER_KEYS: tuple[str, ...] = ("labels", "image_size", "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream",
-                                "workers")
+                                "workers", "cache")
 
 DATA_DEFAULTS: Mapping[str, Any] = {
     "name": "digits", "validation": 0.1, "test": 0.1, "normalize": "standardize", "fit": "pad"}
@@ -644,8 +644,8 @@ def dataset_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
 
 
 def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int], seed: int,
-                        source: str = "<config>", say: Callable[[str], None] | None = None
-                        ) -> tuple[Any, Any, Any, Preprocessing]:
+                        source: str = "<config>", say: Callable[[str], None] | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any, Any, Preprocessing]:
     """:func:`dataset_from_config` and the :class:`Preprocessing` it applied. An image folder with
     ``stream = true`` (its default) gives :class:`jaxcnn.stream.ImageFiles` (its files, decoded a
     batch at a time when trained on), every other dataset :class:`Dataset` s; ``say`` hears of a
@@ -724,8 +724,10 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
                     raise ConfigError(f"holds train/ (and val/, test/) folders, which are the splits: leave "
                                       f"`{given[0]}` out", source=str(where), key=given[0])
             workers = folder_options.pop("workers", stream.DEFAULT_WORKERS)
+            cache = folder_options.pop("cache", True)
             if folder_options.pop("stream", True):
                 return _streamed_folder(where, parts, folder_options, workers=workers, target=target,
+                                        cache_dir=pathlib.Path(cache_dir) if cache and cache_dir is not None else None,
                                         fractions=fractions, seed=seed, limit=limit, normalize_mode=normalize_mode,
                                         fit_method=fit_method, fail=fail, say=say)
             if parts is not None:
@@ -782,7 +784,8 @@ def prepare_from_config(table: Mapping[str, Any], *, input_shape: Sequence[int],
 
 
 def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None, options: dict[str, Any], *,
-                     workers: int, target: tuple[int, ...], fractions: dict[str, float], seed: int, limit: int | None,
+                     workers: int, target: tuple[int, ...], cache_dir: pathlib.Path | None,
+                     fractions: dict[str, float], seed: int, limit: int | None,
                      normalize_mode: str, fit_method: str, fail: Callable[[str, str], ConfigError],
                      say: Callable[[str], None] | None) -> tuple[Any, Any, Any, Preprocessing]:
     """:func:`prepare_from_config` of a folder left on disk (``stream = true``): its files listed and
@@ -798,7 +801,9 @@ def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None,
         files = stream.ImageFiles([f.path for f in listed], [f.label for f in listed], len(names), name,
                                   class_names=names, channels=target[2], **options)
         # each process decodes its share of the files; what they found is summed over the processes
-        found = stream.scan(files, members=np.arange(process, len(files), count), workers=workers, say=say)
+        cache = None if cache_dir is None else cache_dir / f"{name.replace('/', '-')}.{process}.u8"
+        found = stream.scan(files, members=np.arange(process, len(files), count), workers=workers, say=say,
+                            cache=cache)
         if count > 1:
             found = found.merged(_sum_over_processes(found.arrays()))
         files, skipped = stream.examine(files, found, on_bad_image=on_bad_image)
@@ -911,6 +916,11 @@ def _folder_options(table: Mapping[str, Any], name: str, fail: Callable[[str, st
             raise fail("stream", f"must be true (decode a batch at a time) or false (read the folder into memory); "
                        f"got {describe_value(table['stream'])}")
         options["stream"] = table["stream"]
+    if "cache" in table:
+        if not isinstance(table["cache"], bool):
+            raise fail("cache", f"must be true (keep the decoded images in the workdir) or false; got "
+                       f"{describe_value(table['cache'])}")
+        options["cache"] = table["cache"]
     if "workers" in table:
         value = table["workers"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -70,7 +70,8 @@ from typing import Any, TextIO
 import jax
 
 from jaxcnn import data as data_lib
-from jaxcnn import parallel, stream
+from jaxcnn import parallel
+from jaxcnn import stream as stream_lib
 from jaxcnn.checkpoint import Checkpoints, model_fingerprint
 from jaxcnn.compile_cache import CacheEvents
 from jaxcnn.config import from_dict, read_document
@@ -84,6 +85,7 @@ __all__ = ["Every", "Progress", "TrainConfig", "train_and_evaluate"]
 SEED_MAX = 2**32 - 1
 # curves.png is drawn at most this often during a run (about 0.2 s a drawing), and at its end.
 CURVES_SECONDS = 15.0
+PIXELS = "pixels"  # the workdir's folder of a streamed image folder's decoded pixels, during a run
 # [train] keys a resume may change: they do not change what the run computes (epochs may grow).
 _RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "keep_checkpoints")
 
@@ -209,7 +211,7 @@ class _Run:
     mesh: parallel.MeshConfig
     layout: parallel.Layout
     global_batch: int
-    train: Any  # a data_lib.Dataset, or stream.ImageFiles (a folder streamed from disk)
+    train: Any  # a data_lib.Dataset, or stream_lib.ImageFiles (a folder streamed from disk)
     val: Any
     test: Any
     preprocessing: data_lib.Preprocessing
@@ -227,7 +229,7 @@ class _Run:
     def total_steps(self) -> int:
         return self.config.epochs * self.steps_per_epoch
 
-    def plan(self, data: Any) -> stream.Plan:
+    def plan(self, data: Any) -> stream_lib.Plan:
         return _plan(data, self.config.batch_size, self.global_batch)
 
     def real_examples(self, steps_into_epoch: int) -> int:
@@ -235,15 +237,15 @@ class _Run:
         host, so no step reads its mask back from the device."""
         return self.plan(self.train).real_examples(steps_into_epoch)
 
-    def train_feed(self) -> stream.Feed:
+    def train_feed(self) -> stream_lib.Feed:
         """The run's training batches, all its epochs, through grain (positioned by
-        :meth:`jaxcnn.stream.Feed.restore` on a resume)."""
-        return stream.Feed(self.train, self.plan(self.train), shuffle=True, seed=self.config.seed,
+        :meth:`jaxcnn.stream_lib.Feed.restore` on a resume)."""
+        return stream_lib.Feed(self.train, self.plan(self.train), shuffle=True, seed=self.config.seed,
                            epochs=self.config.epochs, workers=self.workers)
 
-    def on_devices(self, pairs: Iterator[tuple[stream.Batch, Any]]) -> Iterator[tuple[Any, Any]]:
+    def on_devices(self, pairs: Iterator[tuple[stream_lib.Batch, Any]]) -> Iterator[tuple[Any, Any]]:
         """``(batch, data state)`` pairs with this process's rows of each batch laid out over the mesh."""
-        def put(pair: tuple[stream.Batch, Any]) -> tuple[Any, Any]:
+        def put(pair: tuple[stream_lib.Batch, Any]) -> tuple[Any, Any]:
             batch, where = pair
             return self.layout.put_local_batch(batch._replace(labels=self.to_labels(batch.labels))), where
 
@@ -252,17 +254,17 @@ class _Run:
     def evaluate(self, state: TrainState, dataset: Any) -> dict[str, float]:
         if not len(dataset):
             return {"loss": math.nan, "accuracy": math.nan}
-        with stream.Feed(dataset, self.plan(dataset), shuffle=False, threads=self.workers) as feed:
+        with stream_lib.Feed(dataset, self.plan(dataset), shuffle=False, threads=self.workers) as feed:
             pairs = self.on_devices(feed.take(feed.source.plan.steps))
             return self.compiled.evaluate(state, (batch for batch, _ in pairs))
 
 
-def _plan(data: Any, batch_size: int, global_batch: int) -> stream.Plan:
-    """Which of ``data``'s examples this process puts in each step (:class:`jaxcnn.stream.Plan`):
+def _plan(data: Any, batch_size: int, global_batch: int) -> stream_lib.Plan:
+    """Which of ``data``'s examples this process puts in each step (:class:`jaxcnn.stream_lib.Plan`):
     its own files of a streamed folder, its rows of every global batch of data in memory."""
     count = jax.process_count()
-    return stream.Plan(len(data), batch_size, global_batch // count, process=jax.process_index() if count > 1 else 0,
-                       processes=count, sharded=isinstance(data, stream.ImageFiles))
+    return stream_lib.Plan(len(data), batch_size, global_batch // count, process=jax.process_index() if count > 1 else 0,
+                       processes=count, sharded=isinstance(data, stream_lib.ImageFiles))
 
 
 def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
@@ -290,9 +292,23 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
     except JaxcnnError as error:
         raise error.located(source=source) from None
     global_batch = layout.padded_batch_size(config.batch_size, mesh_config.uneven_batch, source=source)
+    existed = workdir.exists()
+    try:
+        return _set_up_data(source, workdir, model, config, doc, mesh_config, layout, global_batch, init_from, say)
+    except BaseException:
+        _remove_pixels(workdir, created=not existed)
+        raise
+
+
+def _set_up_data(source: str, workdir: pathlib.Path, model: Model, config: TrainConfig, doc: Mapping[str, Any],
+                 mesh_config: parallel.MeshConfig, layout: parallel.Layout, global_batch: int,
+                 init_from: str | os.PathLike[str] | None, say: Callable[[str], None] | None) -> _Run:
+    """The rest of :func:`_set_up`, from the data on (a streamed folder's decoded pixels may be
+    written to ``workdir/pixels`` on the way: removed again if it raises)."""
     data_table = doc.get("data", {})
     train, val, test, preprocessing = data_lib.prepare_from_config(
-        data_table, input_shape=model.input_shape, seed=config.seed, source=source, say=say)
+        data_table, input_shape=model.input_shape, seed=config.seed, source=source, say=say,
+        cache_dir=workdir / PIXELS)
     if len(train) == 0:
         raise ConfigError("the training split is empty", source=source, key="data")
     if config.early_stopping_patience and len(val) == 0:
@@ -301,7 +317,7 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
             "this run has none: set data.validation above 0, or early_stopping_patience = 0",
             source=source, key="train.early_stopping_patience")
     to_labels = class_labels(config.loss, model, train.num_classes, source=source)  # e.g. one-hot
-    workers = data_table.get("workers", stream.DEFAULT_WORKERS) if isinstance(train, stream.ImageFiles) else 0
+    workers = data_table.get("workers", stream_lib.DEFAULT_WORKERS) if isinstance(train, stream_lib.ImageFiles) else 0
     steps_per_epoch = _plan(train, config.batch_size, global_batch).steps
     try:
         compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
@@ -318,6 +334,19 @@ def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str]
                 layout=layout, global_batch=global_batch, train=train, val=val, test=test,
                 preprocessing=preprocessing, compiled=compiled, to_labels=to_labels, steps_per_epoch=steps_per_epoch,
                 settings=settings, lead=jax.process_index() == 0, workers=workers, init_from=start)
+
+
+def _remove_pixels(workdir: pathlib.Path, *, created: bool = False) -> None:
+    """Remove this process's decoded-pixel files from ``workdir/pixels`` (and the folder, and the
+    workdir if ``created`` for this run, once empty)."""
+    folder = workdir / PIXELS
+    for file in folder.glob(f"*.{jax.process_index()}.u8"):
+        file.unlink(missing_ok=True)
+    for empty in (folder, workdir) if created else (folder,):
+        try:
+            empty.rmdir()
+        except OSError:
+            pass
 
 
 def _init_from(model: Model, path: str | os.PathLike[str]) -> tuple[str, Any, list[str], list[str]]:
@@ -364,7 +393,7 @@ def _new_record(run: _Run) -> dict[str, Any]:
             "num_classes": run.train.num_classes}
 
 
-def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints, feed: stream.Feed,
+def _start_or_resume(run: _Run, checkpoints: Checkpoints, best: Checkpoints, feed: stream_lib.Feed,
                      out: Progress) -> tuple[TrainState, dict[str, Any]]:
     """A fresh state, or the newest checkpoint's (refused if its run differs, see the module
     docstring) with ``feed`` positioned where its data state says; a best checkpoint that a kill
@@ -461,7 +490,7 @@ def _record_with(record: dict[str, Any], step: int, sums: Metrics | None) -> dic
     return {**record, "epoch_sums": epoch_sums, "step": step}
 
 
-def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: int, start: int, feed: stream.Feed,
+def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: int, start: int, feed: stream_lib.Feed,
                  checkpoints: Checkpoints, out: Progress, clock: _Clock,
                  on_step: Callable[[int], None] | None) -> tuple[TrainState, Metrics]:
     """The steps of ``epoch`` from its step ``start`` on, ``feed``'s next batches; returns the state
@@ -639,8 +668,9 @@ def train_and_evaluate(
         with other settings (it is left untouched; the run does not start over).
       NonFiniteError: a non-finite loss or gradient with ``on_nonfinite = "stop"``.
     """
-    run = _set_up(config_path, workdir, epochs=epochs, seed=seed, mesh=mesh, devices=devices, init_from=init_from)
-    out = Progress(stream or sys.stderr, progress and run.lead)
+    out = Progress(stream or sys.stderr, progress and jax.process_index() == 0)
+    run = _set_up(config_path, workdir, epochs=epochs, seed=seed, mesh=mesh, devices=devices, init_from=init_from,
+                  say=out.say)
     checkpoints, best = _open_checkpoints(run)
     feed = run.train_feed()
     try:
@@ -660,6 +690,7 @@ def train_and_evaluate(
     finally:
         feed.close()
         checkpoints.close()
+        _remove_pixels(run.workdir)
         best.close()
 
 

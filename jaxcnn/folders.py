@@ -16,6 +16,8 @@ The ``[data]`` table (:func:`jaxcnn.data.prepare_from_config` reads it)::
     # stream = true              # decode each batch's files as the run needs them (jaxcnn.stream),
                                  # in `workers` processes; false: decode the whole folder into memory
     # workers = 2                # decoding processes (0: in the training process)
+    # cache = true               # `jaxcnn train` keeps the decoded images in WORKDIR/pixels/ (as
+                                 # many bytes as the images' pixels), so no file is decoded twice
     validation = 0.1             # a seeded, stratified split, as for the other datasets...
     test = 0.1
 

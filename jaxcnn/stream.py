@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -111,6 +112,10 @@ class ImageFiles:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     target: tuple[int, int, int] | None = None
+    #: a file of the decoded pixels that :func:`scan` wrote (``None``: decode each batch's files),
+    #: example ``i`` at row ``rows[i]`` (``raw_shape`` bytes a row)
+    cache: str | None = None
+    rows: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", tuple(os.fspath(p) for p in self.paths))
@@ -131,12 +136,19 @@ class ImageFiles:
     def take(self, indices: np.ndarray | Sequence[int]) -> ImageFiles:
         """The examples at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
-        return dataclasses.replace(self, paths=tuple(self.paths[i] for i in indices), labels=self.labels[indices])
+        return dataclasses.replace(self, paths=tuple(self.paths[i] for i in indices), labels=self.labels[indices],
+                                   rows=None if self.rows is None else self.rows[indices])
 
     def pixels(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         """The images at ``indices`` as decoded, uint8 ``(len(indices), *raw_shape)``
-        (:func:`jaxcnn.folders.pixels`): what a worker sends, a quarter of the floats' bytes."""
+        (:func:`jaxcnn.folders.pixels`), read from the cache where there is one: what a worker
+        sends, a quarter of the floats' bytes."""
         out = np.empty((len(indices), *self.raw_shape), np.uint8)
+        if self.cache is not None and self.rows is not None:
+            fd, size = _cache_fd(self.cache), out[0].nbytes if len(out) else 0
+            for row, index in enumerate(indices):
+                out[row].reshape(-1)[:] = np.frombuffer(os.pread(fd, size, int(self.rows[int(index)]) * size), np.uint8)
+            return out
         for row, index in enumerate(indices):
             path = pathlib.Path(self.paths[int(index)])
             try:
@@ -176,6 +188,7 @@ class Scan(NamedTuple):
     means: np.ndarray
     variances: np.ndarray
     reasons: dict[int, str]
+    cache: str | None = None  # the file of the decoded pixels this process wrote, by row
 
     def arrays(self) -> list[np.ndarray]:
         return [self.done, self.ok, self.shapes, self.means, self.variances]
@@ -188,50 +201,120 @@ class Scan(NamedTuple):
 class _ScanSource:
     """grain's element ``j``: the files ``members[j * SCAN_CHUNK ...]`` decoded, summarized."""
 
-    def __init__(self, files: ImageFiles, members: np.ndarray) -> None:
-        self.files, self.members = files, members
+    def __init__(self, files: ImageFiles, members: np.ndarray, keep_pixels: bool) -> None:
+        self.files, self.members, self.keep_pixels = files, members, keep_pixels
 
     def __len__(self) -> int:
         return -(-len(self.members) // SCAN_CHUNK)
 
-    def __getitem__(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    def __getitem__(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray]:
         """(the rows, their decoded shapes (0 where unreadable), per-channel means, variances, the
-        reasons ('' where readable)): a few arrays, as grain moves each through shared memory."""
+        reasons ('' where readable), the readable images' uint8 pixels one after the other (where
+        kept)): a few arrays, as grain moves each through shared memory."""
         rows = self.members[j * SCAN_CHUNK:(j + 1) * SCAN_CHUNK]
         channels = self.files.channels
         shapes = np.zeros((len(rows), 3), np.int64)
         means = np.zeros((len(rows), channels))
         variances = np.zeros((len(rows), channels))
         reasons = [""] * len(rows)
+        kept = []
         for k, row in enumerate(rows):
             try:
-                image = folders.decode(pathlib.Path(self.files.paths[row]), channels=channels,
-                                       image_size=self.files.image_size, interpolation=self.files.interpolation,
-                                       crop_to_aspect_ratio=self.files.crop_to_aspect_ratio)  # as finish() scales
+                pixels = folders.pixels(pathlib.Path(self.files.paths[row]), channels=channels,
+                                        image_size=self.files.image_size, interpolation=self.files.interpolation,
+                                        crop_to_aspect_ratio=self.files.crop_to_aspect_ratio)
             except folders.BadImage as error:
                 reasons[k] = error.reason
                 continue
-            values = image.reshape(-1, channels).astype(np.float64)
-            shapes[k], means[k], variances[k] = image.shape, values.mean(axis=0), values.var(axis=0)
-        return rows, shapes, means, variances, reasons
+            if self.keep_pixels:
+                kept.append(pixels.reshape(-1))
+            values = (pixels.astype(np.float32) / 255.0).reshape(-1, channels).astype(np.float64)  # as finish() scales
+            shapes[k], means[k], variances[k] = pixels.shape, values.mean(axis=0), values.var(axis=0)
+        return rows, shapes, means, variances, reasons, np.concatenate(kept) if kept else np.zeros(0, np.uint8)
 
 
 def scan(files: ImageFiles, *, members: np.ndarray | None = None, workers: int = DEFAULT_WORKERS,
-         say: Callable[[str], None] | None = None) -> Scan:
+         say: Callable[[str], None] | None = None, cache: str | os.PathLike[str] | None = None) -> Scan:
     """Decode the files ``members`` of ``files`` (all: ``None``) once each, in ``workers``
-    processes, holding none of the images (:func:`examine` then judges what was found)."""
+    processes, holding none of the images (:func:`examine` then judges what was found). With
+    ``cache``, the decoded pixels are written to that file (row ``i``: file ``i``), and training
+    reads them there instead of decoding each file again every epoch; a disk without the room for
+    them (or images of several sizes) leaves the cache out (``Scan.cache`` is then ``None``)."""
     n, channels = len(files), files.channels
     members = np.arange(n) if members is None else np.asarray(members, np.int64)
     if say is not None and len(members) >= 10 * SCAN_CHUNK:
         say(f"checking {len(members):,} images of {files.name} (each decoded once, {plural(workers, 'worker')})")
     found = Scan(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, 3), np.int32), np.zeros((n, channels)),
-                 np.zeros((n, channels)), {})
-    for rows, shapes, means, variances, reasons in _iterate(_ScanSource(files, members), workers):
-        found.done[rows] = 1
-        found.ok[rows] = [not reason for reason in reasons]
-        found.shapes[rows], found.means[rows], found.variances[rows] = shapes, means, variances
-        found.reasons.update((int(row), reason) for row, reason in zip(rows, reasons) if reason)
-    return found
+                 np.zeros((n, channels)), {}, None)
+    writer = _CacheWriter(pathlib.Path(cache), n, say) if cache is not None else None
+    try:
+        for rows, shapes, means, variances, reasons, pixels in _iterate(
+                _ScanSource(files, members, keep_pixels=writer is not None), workers):
+            found.done[rows] = 1
+            found.ok[rows] = [not reason for reason in reasons]
+            found.shapes[rows], found.means[rows], found.variances[rows] = shapes, means, variances
+            found.reasons.update((int(row), reason) for row, reason in zip(rows, reasons) if reason)
+            if writer is not None:
+                writer.write(rows[[not reason for reason in reasons]], shapes[[not reason for reason in reasons]], pixels)
+    finally:
+        if writer is not None:
+            writer.close()
+    return found._replace(cache=writer.path if writer is not None and writer.ok else None)
+
+
+class _CacheWriter:
+    """The decoded pixels of a scan, written at their rows of a file (``n`` rows of the first
+    image's size)."""
+
+    def __init__(self, path: pathlib.Path, n: int, say: Callable[[str], None] | None) -> None:
+        self.path, self.n, self.say = str(path), n, say
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size: int | None = None
+        self.ok = True
+
+    def write(self, rows: np.ndarray, shapes: np.ndarray, pixels: np.ndarray) -> None:
+        if not self.ok or not len(rows):
+            return
+        sizes = np.prod(shapes, axis=1)
+        if self.size is None:
+            self.size = int(sizes[0])
+            need, free = self.n * self.size, shutil.disk_usage(os.path.dirname(self.path)).free
+            if need > free * 0.9:
+                self._drop(f"the decoded images ({need / 2**20:,.0f} MB) would not fit beside the "
+                           f"{free / 2**20:,.0f} MB free in {os.path.dirname(self.path)}: each batch's files are decoded "
+                           "again every epoch")
+                return
+            os.ftruncate(self.fd, need)  # type: ignore[arg-type]
+        if (sizes != self.size).any():  # several sizes: examine() refuses the folder
+            self._drop(None)
+            return
+        view = memoryview(pixels)
+        for k, row in enumerate(rows.tolist()):
+            os.pwrite(self.fd, view[k * self.size:(k + 1) * self.size], row * self.size)  # type: ignore[arg-type]
+
+    def _drop(self, why: str | None) -> None:
+        self.ok = False
+        self.close()
+        os.unlink(self.path)
+        if why and self.say is not None:
+            self.say(why)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+_CACHE_FDS: dict[tuple[int, str], int] = {}
+
+
+def _cache_fd(path: str) -> int:
+    """A read descriptor of the cache ``path``, one per process (a worker opens its own)."""
+    key = (os.getpid(), path)
+    if key not in _CACHE_FDS:
+        _CACHE_FDS[key] = os.open(path, os.O_RDONLY)
+    return _CACHE_FDS[key]
 
 
 def examine(files: ImageFiles, found: Scan, *, on_bad_image: str = "refuse") -> tuple[ImageFiles, list[str]]:
@@ -258,6 +341,7 @@ def examine(files: ImageFiles, found: Scan, *, on_bad_image: str = "refuse") -> 
                           "in [data] to resize them", source=files.name)
     skipped = [f"{files.paths[int(row)]}: {reason(int(row))}" for row in bad]
     shape = tuple(int(d) for d in sizes[0])
+    files = dataclasses.replace(files, rows=np.arange(len(files)) if found.cache else None, cache=found.cache)
     return dataclasses.replace(files.take(kept), raw_shape=shape), skipped  # type: ignore[arg-type]
 
 
@@ -360,8 +444,10 @@ class BatchSource:
     a :class:`jaxcnn.data.Dataset` (the images as the model takes them) or an :class:`ImageFiles`
     (uint8 pixels, which :meth:`batch` finishes in the training process)."""
 
-    def __init__(self, data: Any, plan: Plan, *, shuffle: bool, seed: int = 0, epochs: int = 1) -> None:
+    def __init__(self, data: Any, plan: Plan, *, shuffle: bool, seed: int = 0, epochs: int = 1,
+                 finish: bool = False) -> None:
         self.data, self.plan, self.shuffle, self.seed, self.epochs = data, plan, shuffle, seed, epochs
+        self.finish = finish and isinstance(data, ImageFiles)  # finish files' pixels here, not in batch()
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, its local order): one epoch cached
 
     def __len__(self) -> int:
@@ -378,6 +464,8 @@ class BatchSource:
     def __getitem__(self, g: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, k = divmod(int(g), self.plan.steps)
         index = self.plan.local(self.order(epoch), k)
+        if self.finish:
+            return self.data.read(index), self.data.labels[index]
         if isinstance(self.data, ImageFiles):
             return self.data.pixels(index), self.data.labels[index]
         return self.data.images[index], self.data.labels[index]
@@ -386,7 +474,7 @@ class BatchSource:
         """An element as the step takes it: finished (files), padded to ``plan.rows`` with masked
         zero images."""
         images, labels = element
-        if isinstance(self.data, ImageFiles):
+        if isinstance(self.data, ImageFiles) and not self.finish:
             images = self.data.finish(images)
         real, rows = len(labels), self.plan.rows
         mask = np.zeros(rows, np.float32)
@@ -452,14 +540,18 @@ class Feed:
     """One split's batches for a run, from grain: ``take(count)`` yields ``(batch, state)`` pairs,
     ``state`` being the pipeline's position after that batch (what a checkpoint saves and
     :meth:`restore` returns to). Streamed files are decoded in ``workers`` processes (training) or
-    ``threads`` threads of this process (evaluation: no process to start each time); an in-memory
-    set is sliced here. Close it (or use it as a context manager) to stop the workers."""
+    ``threads`` threads of this process (evaluation: no process to start each time). Files read
+    from the pixel cache (``data.cache``) need no decoding, and moving a batch from a process costs
+    more than reading it: ``workers`` threads of this process read them. An in-memory set is sliced
+    here. Close it (or use it as a context manager) to stop the workers."""
 
     def __init__(self, data: Any, plan: Plan, *, shuffle: bool, seed: int = 0, epochs: int = 1, workers: int = 0,
                  threads: int = 0) -> None:
-        self.source = BatchSource(data, plan, shuffle=shuffle, seed=seed, epochs=epochs)
-        self.workers = workers if isinstance(data, ImageFiles) else 0
-        self.threads = threads if isinstance(data, ImageFiles) else 0
+        files = isinstance(data, ImageFiles)
+        cached = files and data.cache is not None
+        self.source = BatchSource(data, plan, shuffle=shuffle, seed=seed, epochs=epochs, finish=cached)
+        self.workers = workers if files and not cached else 0
+        self.threads = max(threads, workers) if cached else threads if files else 0
         self.position = 0
         self._iterator: Any = None
 

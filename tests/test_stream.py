@@ -196,15 +196,22 @@ def test_a_streamed_folder_is_the_folder_in_memory_batch_for_batch(tmp_path):
         np.testing.assert_array_equal(a.images, b.read(np.arange(len(b))))
 
 
-def test_a_streamed_run_trains_as_the_run_from_memory(tmp_path):
+def test_a_streamed_run_trains_as_the_run_from_memory_with_or_without_its_pixel_cache(tmp_path):
     memory = train_and_evaluate(write_config(tmp_path, "memory.toml", data="stream = false"), tmp_path / "m",
                                 progress=False)
+    cached = []
     streamed = train_and_evaluate(write_config(tmp_path, "streamed.toml", data="workers = 1"), tmp_path / "s",
-                                  progress=False)
-    assert memory["params_sha256"] == streamed["params_sha256"]
+                                  progress=False,
+                                  on_step=lambda step: cached.append(sorted(p.name for p in (tmp_path / "s" / "pixels").iterdir())))
+    decoded = train_and_evaluate(write_config(tmp_path, "decoded.toml", data="workers = 1\ncache = false"),
+                                 tmp_path / "d", progress=False)
+    assert memory["params_sha256"] == streamed["params_sha256"] == decoded["params_sha256"]
     assert memory["data"] == streamed["data"] == {"name": "folder/train", "train": 280, "validation": 40,
                                                   "test": 80, "skipped_images": 0}
     assert (memory["test_loss"], memory["test_accuracy"]) == (streamed["test_loss"], streamed["test_accuracy"])
+    # the decoded pixels of the listing (400 files of 8x8 bytes) during the run, gone after it
+    assert cached[0] == ["folder.0.u8"] and (tmp_path / "s" / "pixels").exists() is False
+    assert not (tmp_path / "d" / "pixels").exists()
 
 
 def test_a_streamed_folders_bad_images_and_sizes_are_found_before_training(tmp_path):
