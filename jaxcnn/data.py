@@ -27,7 +27,10 @@ The ``[data]`` table of a training config (read by :func:`dataset_from_config`):
 
 An image folder (``name = "folder"``: one subfolder per class, or a labels CSV; ``train/``, ``val/``,
 ``test/`` folders as the splits) also takes ``labels``, ``image_size``, ``interpolation``,
-``crop_to_aspect_ratio`` and ``on_bad_image``: see :mod:`jaxcnn.folders`.
+``crop_to_aspect_ratio`` and ``on_bad_image`` (see :mod:`jaxcnn.folders`), and ``stream``,
+``workers`` and ``cache``: a streamed folder (the default) is :class:`jaxcnn.stream.ImageFiles`,
+decoded a batch at a time. ``jaxcnn train`` takes every split's batches through
+:class:`jaxcnn.stream.Feed` (grain), in the order :func:`batches` gives.
 """
 
 from __future__ import annotations

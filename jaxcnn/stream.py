@@ -354,8 +354,9 @@ def pooled_stats(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _iterate(source: Any, workers: int) -> Iterator[Any]:
-    """The elements of a random-access ``source`` in order, read by ``workers`` processes."""
-    dataset = _dataset(source, workers)
+    """The elements of a random-access ``source`` in order, read by ``workers`` processes (and
+    pickled to this one)."""
+    dataset = _dataset(source, workers, pickled=True)
     iterator = iter(dataset)
     try:
         yield from iterator
@@ -517,12 +518,18 @@ def _exit_with_parent(*_: Any) -> None:
     threading.Thread(target=watch, name="jaxcnn-exit-with-parent", daemon=True).start()
 
 
-def _dataset(source: Any, workers: int, threads: int = 0) -> Any:
+def _dataset(source: Any, workers: int, threads: int = 0, *, pickled: bool = False) -> Any:
     """``source``'s elements in order: read by ``workers`` processes (``mp_prefetch``), or in this
-    process by ``threads`` threads (0: as they are asked for)."""
+    process by ``threads`` threads (0: as they are asked for). A worker's element comes through
+    shared memory, or ``pickled`` through a pipe: the scan's elements, whose shared memory grain
+    unlinks on a thread of its own that a process ending soon after may not let finish (Python then
+    warns of leaked shared memory)."""
     grain = _grain()
     dataset = grain.MapDataset.source(source).to_iter_dataset(
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+    if pickled:
+        dataset = grain.experimental.WithOptionsIterDataset(
+            dataset, grain.experimental.DatasetOptions(min_shm_size=2**62))
     if workers:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                                    per_worker_buffer_size=WORKER_BUFFER),
