@@ -458,9 +458,11 @@ class BatchSource:
         return {**self.__dict__, "_order": None}
 
     def order(self, epoch: int) -> np.ndarray:
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, local_order(self.plan, shuffle=self.shuffle, seed=self.seed, epoch=epoch))
-        return self._order[1]
+        cached = self._order  # grain's reader threads call this at once: each keeps to its own tuple
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, local_order(self.plan, shuffle=self.shuffle, seed=self.seed, epoch=epoch))
+            self._order = cached
+        return cached[1]
 
     def __getitem__(self, g: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, k = divmod(int(g), self.plan.steps)

@@ -395,15 +395,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_on_loopback_train_as_one_process_over_the_same_global_batch(tmp_path):
-    config = write_config(tmp_path, strategy="data")
+def train_on_two_processes(config: pathlib.Path, workdir: pathlib.Path) -> dict:
+    """``jaxcnn train`` of ``config`` as two processes on loopback (one CPU device each); the results."""
     address = f"127.0.0.1:{free_port()}"
-    workers = [jaxcnn_train(config, tmp_path / "two", 1, "--coordinator", address, "--num-processes", "2",
+    workers = [jaxcnn_train(config, workdir, 1, "--coordinator", address, "--num-processes", "2",
                             "--process-id", str(i)) for i in range(2)]
     for worker in workers:
         finish(worker)
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    return json.loads((workdir / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_train_as_one_process_over_the_same_global_batch(tmp_path):
+    config = write_config(tmp_path, strategy="data")
+    two = train_on_two_processes(config, tmp_path / "two")
     one = train_and_evaluate(config, tmp_path / "one", progress=False)
     assert (two["processes"], two["devices"], one["processes"], one["devices"]) == (2, 2, 1, 1)
     assert two["steps"] == one["steps"] and two["data"] == one["data"]
@@ -427,12 +432,7 @@ def test_two_processes_stream_a_folder_each_reading_only_its_own_files(tmp_path)
     from test_stream import write_config as folder_config
 
     config = folder_config(tmp_path, epochs=2, data="workers = 1")
-    address = f"127.0.0.1:{free_port()}"
-    workers = [jaxcnn_train(config, tmp_path / "two", 1, "--coordinator", address, "--num-processes", "2",
-                            "--process-id", str(i)) for i in range(2)]
-    for worker in workers:
-        finish(worker)
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    two = train_on_two_processes(config, tmp_path / "two")
     assert (two["processes"], two["devices"], two["steps"]) == (2, 2, 2 * 9)  # 140 files each, 16 a step
     assert two["data"] == {"name": "folder/train", "train": 280, "validation": 40, "test": 80, "skipped_images": 0}
     assert round(two["test_accuracy"] * 80) == pytest.approx(two["test_accuracy"] * 80)  # exact over all 80

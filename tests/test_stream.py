@@ -172,6 +172,21 @@ def test_a_feed_restored_from_its_state_goes_on_with_the_batch_that_was_next(tmp
     assert not np.array_equal(pairs[0][0].images, pairs[plan.steps][0].images)  # epochs differ in order
 
 
+def test_the_pixel_cache_read_in_threads_gives_the_decoded_batches_across_epochs(tmp_path):
+    table = {"name": "folder", "path": str(digits_folder(tmp_path / "d", 60)), "validation": 0, "test": 0}
+    decoded, _, _, _ = prepare_from_config({**table, "workers": 0}, input_shape=(8, 8, 1), seed=0)
+    cached, _, _, _ = prepare_from_config(table, input_shape=(8, 8, 1), seed=0, cache_dir=tmp_path / "pixels")
+    assert decoded.cache is None and cached.cache == str(tmp_path / "pixels" / "folder.0.u8")
+    assert (tmp_path / "pixels" / "folder.0.u8").stat().st_size == 60 * 8 * 8
+    plan = stream.Plan(60, 16, 16)
+    with stream.Feed(decoded, plan, shuffle=True, seed=1, epochs=10) as a, \
+            stream.Feed(cached, plan, shuffle=True, seed=1, epochs=10, workers=2) as b:
+        assert b.threads == 2 and b.workers == 0  # a cached folder is read in threads
+        for (x, _), (y, _) in zip(a.take(40), b.take(40), strict=True):  # 10 epochs of 4 steps
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+
+
 def test_a_state_of_another_step_is_refused(tmp_path):
     files, _, _, _ = prepare_from_config({"name": "folder", "path": str(digits_folder(tmp_path / "d", 40)),
                                           "validation": 0, "test": 0, "workers": 0}, input_shape=(8, 8, 1), seed=0)
