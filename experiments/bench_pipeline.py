@@ -8,7 +8,8 @@ memory: the seed CIFAR CNN trained from a folder of 32x32 PNG files.
 2. The pipeline alone: images per second decoded and batched (batch 128) by ``jaxcnn.stream.Feed``
    with 0 (this process), 1, 2 and 3 worker processes, over one epoch, after the workers' start.
    Twice: decoding the PNG files, and reading the decoded pixels from the cache the scan writes
-   (``cache = true``, ``jaxcnn train``'s default).
+   (``cache = true``, ``jaxcnn train``'s default), which ``Feed`` reads in that many threads of this
+   process instead of worker processes (the JSON's ``workers`` then counts threads).
 3. Beside the step: ``jaxcnn train`` of the seed CIFAR CNN (configs/cifar_cnn.toml's layers, batch
    128, Adam) on the folder streamed (the defaults; and without the cache, 1 and 2 workers) and on
    the same folder read into memory (``stream = false``), each in a fresh process: images per

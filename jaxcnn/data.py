@@ -102,6 +102,7 @@ DATA_DEFAULTS: Mapping[str, Any] = {
 
 # A channel whose standard deviation is below this is only centred, not scaled.
 _MIN_STD = 1e-6
+_STATS_BLOCK = 1024  # images a block of normalization_stats
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,9 +458,13 @@ def normalization_stats(train: Dataset) -> tuple[np.ndarray, np.ndarray]:
     if len(train) == 0:
         raise ConfigError(f"dataset {train.name!r} is empty: no statistics to normalize with",
                           key="normalize")
-    pixels = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64)
-    mean = pixels.mean(axis=0)
-    std = pixels.std(axis=0)
+    # in float64, a block of images at a time: a float64 copy of the whole set would be twice its size
+    channels = train.images.shape[-1]
+    blocks = [train.images[i:i + _STATS_BLOCK].reshape(-1, channels) for i in range(0, len(train), _STATS_BLOCK)]
+    count = sum(block.shape[0] for block in blocks)
+    mean = sum(block.sum(axis=0, dtype=np.float64) for block in blocks) / count
+    variance = sum(((block - mean) ** 2).sum(axis=0) for block in blocks) / count
+    std = np.sqrt(variance)
     std = np.where(std < _MIN_STD, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
 
@@ -480,7 +485,9 @@ def normalize(train: Dataset, *others: Dataset, mode: str = "standardize") -> tu
         if ds.images.shape[-1] != mean.shape[0]:
             raise ConfigError(f"dataset {ds.name!r} has {ds.images.shape[-1]} channels, the "
                               f"training set {mean.shape[0]}", key="normalize")
-        out.append(dataclasses.replace(ds, images=(ds.images - mean) / std))
+        images = ds.images - mean
+        images /= std  # in place: one copy of the set, not two
+        out.append(dataclasses.replace(ds, images=images))
     return tuple(out)
 
 
