@@ -93,8 +93,8 @@ FIT_METHODS: tuple[str, ...] = ("pad", "resize", "none")
 DATA_KEYS: tuple[str, ...] = ("name", "path", "validation", "test", "normalize", "fit", "limit", "labels", "image_size",
                                "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream", "workers", "cache")
 #: The keys only an image folder takes (:mod:`jaxcnn.folders`, :mod:`jaxcnn.stream`).
-FOLDER_KEYS: tuple[str, ...] = ("labels", "image_size", "interpolation", "crop_to_aspect_ratio", "on_bad_image", "stream",
-                                "workers", "cache")
+FOLDER_KEYS: tuple[str, ...] = ("labels", "image_size", "interpolation", "crop_to_aspect_ratio", "on_bad_image",
+                                "stream", "workers", "cache")
 
 DATA_DEFAULTS: Mapping[str, Any] = {
     "name": "digits", "validation": 0.1, "test": 0.1, "normalize": "standardize", "fit": "pad"}

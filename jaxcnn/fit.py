@@ -239,9 +239,9 @@ class _Run:
 
     def train_feed(self) -> stream_lib.Feed:
         """The run's training batches, all its epochs, through grain (positioned by
-        :meth:`jaxcnn.stream_lib.Feed.restore` on a resume)."""
+        :meth:`jaxcnn.stream.Feed.restore` on a resume)."""
         return stream_lib.Feed(self.train, self.plan(self.train), shuffle=True, seed=self.config.seed,
-                           epochs=self.config.epochs, workers=self.workers)
+                               epochs=self.config.epochs, workers=self.workers)
 
     def on_devices(self, pairs: Iterator[tuple[stream_lib.Batch, Any]]) -> Iterator[tuple[Any, Any]]:
         """``(batch, data state)`` pairs with this process's rows of each batch laid out over the mesh."""
@@ -260,11 +260,12 @@ class _Run:
 
 
 def _plan(data: Any, batch_size: int, global_batch: int) -> stream_lib.Plan:
-    """Which of ``data``'s examples this process puts in each step (:class:`jaxcnn.stream_lib.Plan`):
+    """Which of ``data``'s examples this process puts in each step (:class:`jaxcnn.stream.Plan`):
     its own files of a streamed folder, its rows of every global batch of data in memory."""
     count = jax.process_count()
-    return stream_lib.Plan(len(data), batch_size, global_batch // count, process=jax.process_index() if count > 1 else 0,
-                       processes=count, sharded=isinstance(data, stream_lib.ImageFiles))
+    return stream_lib.Plan(len(data), batch_size, global_batch // count,
+                           process=jax.process_index() if count > 1 else 0, processes=count,
+                           sharded=isinstance(data, stream_lib.ImageFiles))
 
 
 def _set_up(config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
@@ -317,7 +318,8 @@ def _set_up_data(source: str, workdir: pathlib.Path, model: Model, config: Train
             "this run has none: set data.validation above 0, or early_stopping_patience = 0",
             source=source, key="train.early_stopping_patience")
     to_labels = class_labels(config.loss, model, train.num_classes, source=source)  # e.g. one-hot
-    workers = data_table.get("workers", stream_lib.DEFAULT_WORKERS) if isinstance(train, stream_lib.ImageFiles) else 0
+    streamed = isinstance(train, stream_lib.ImageFiles)
+    workers = data_table.get("workers", stream_lib.DEFAULT_WORKERS) if streamed else 0
     steps_per_epoch = _plan(train, config.batch_size, global_batch).steps
     try:
         compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,
@@ -387,8 +389,8 @@ def _open_checkpoints(run: _Run) -> tuple[Checkpoints, Checkpoints]:
 
 
 def _new_record(run: _Run) -> dict[str, Any]:
-    return {"history": [], "best": None, "best_step": None, "bad_epochs": 0, "train_seconds": 0.0, "input_seconds": 0.0,
-            "examples": 0, "epoch_sums": None, "skipped_steps": 0, "stopped_early": False,
+    return {"history": [], "best": None, "best_step": None, "bad_epochs": 0, "train_seconds": 0.0,
+            "input_seconds": 0.0, "examples": 0, "epoch_sums": None, "skipped_steps": 0, "stopped_early": False,
             "epochs": run.config.epochs, "preprocessing": run.preprocessing.to_dict(),
             "num_classes": run.train.num_classes}
 
@@ -500,7 +502,8 @@ def _train_epoch(run: _Run, state: TrainState, record: dict[str, Any], epoch: in
     checkpoint_due = Every(steps=run.config.checkpoint_every_steps)
     step = epoch * run.steps_per_epoch + start
     clock.started, clock.segment_from = time.perf_counter(), start
-    for batch, record["data_state"] in _waited(run.on_devices(feed.take(run.steps_per_epoch - start)), record, clock):
+    batches = run.on_devices(feed.take(run.steps_per_epoch - start))
+    for batch, record["data_state"] in _waited(batches, record, clock):
         if clock.first_step_seconds is None:
             t0 = time.perf_counter()
             with CacheEvents() as events:

@@ -159,7 +159,8 @@ class ImageFiles:
                                   "began", source=str(bad.path)) from None
             if image.shape != self.raw_shape:
                 raise ConfigError(f"is now {image.shape[0]}x{image.shape[1]}, not the "
-                                  f"{self.raw_shape[0]}x{self.raw_shape[1]} it was when the run began", source=str(path))
+                                  f"{self.raw_shape[0]}x{self.raw_shape[1]} it was when the run began",
+                                  source=str(path))
             out[row] = image
         return out
 
@@ -255,7 +256,8 @@ def scan(files: ImageFiles, *, members: np.ndarray | None = None, workers: int =
             found.shapes[rows], found.means[rows], found.variances[rows] = shapes, means, variances
             found.reasons.update((int(row), reason) for row, reason in zip(rows, reasons) if reason)
             if writer is not None:
-                writer.write(rows[[not reason for reason in reasons]], shapes[[not reason for reason in reasons]], pixels)
+                readable = [not reason for reason in reasons]
+                writer.write(rows[readable], shapes[readable], pixels)
     finally:
         if writer is not None:
             writer.close()
@@ -282,8 +284,8 @@ class _CacheWriter:
             need, free = self.n * self.size, shutil.disk_usage(os.path.dirname(self.path)).free
             if need > free * 0.9:
                 self._drop(f"the decoded images ({need / 2**20:,.0f} MB) would not fit beside the "
-                           f"{free / 2**20:,.0f} MB free in {os.path.dirname(self.path)}: each batch's files are decoded "
-                           "again every epoch")
+                           f"{free / 2**20:,.0f} MB free in {os.path.dirname(self.path)}: each batch's files are "
+                           "decoded again every epoch")
                 return
             os.ftruncate(self.fd, need)  # type: ignore[arg-type]
         if (sizes != self.size).any():  # several sizes: examine() refuses the folder
@@ -600,7 +602,7 @@ class Feed:
             except StopIteration:
                 return
             self.position += 1
-            yield self.source.batch(batch), {"next": self.position, "workers": self.workers, "grain": iterator.get_state()}
+            yield self.source.batch(batch), self.state()
 
     def close(self) -> None:
         if self._iterator is not None:
