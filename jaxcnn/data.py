@@ -464,9 +464,13 @@ def normalization_stats(train: Dataset) -> tuple[np.ndarray, np.ndarray]:
     count = sum(block.shape[0] for block in blocks)
     mean = sum(block.sum(axis=0, dtype=np.float64) for block in blocks) / count
     variance = sum(((block - mean) ** 2).sum(axis=0) for block in blocks) / count
-    std = np.sqrt(variance)
-    std = np.where(std < _MIN_STD, 1.0, std)
-    return mean.astype(np.float32), std.astype(np.float32)
+    return _as_stats(mean, np.sqrt(variance))
+
+
+def _as_stats(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 per-channel statistics as normalization uses them: float32, and a constant channel's
+    standard deviation (below 1e-6) 1."""
+    return mean.astype(np.float32), np.where(std < _MIN_STD, 1.0, std).astype(np.float32)
 
 
 def normalize(train: Dataset, *others: Dataset, mode: str = "standardize") -> tuple[Dataset, ...]:
@@ -803,22 +807,22 @@ def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None,
     statistics), split as an in-memory folder is, and left to be decoded a batch at a time."""
     on_bad_image = options.pop("on_bad_image", "refuse")
     labels = options.pop("labels", None)
-    scans: dict[str, stream.Scan] = {}
+    scans: dict[str, stream.Scan] = {}  # by split name, a row per file of its listing
+    skipped: list[str] = []
     count, process = jax.process_count(), jax.process_index()
 
     def files_of(folder: pathlib.Path, name: str, class_names: Sequence[str] | None = None) -> stream.ImageFiles:
         listed, names = folders.list_folder(folder, labels=labels, class_names=class_names)
         files = stream.ImageFiles([f.path for f in listed], [f.label for f in listed], len(names), name,
-                                  class_names=names, channels=target[2], **options)
+                                  class_names=names, channels=target[2], workers=workers, **options)
         # each process decodes its share of the files; what they found is summed over the processes
         cache = None if cache_dir is None else cache_dir / f"{name.replace('/', '-')}.{process}.u8"
-        found = stream.scan(files, members=np.arange(process, len(files), count), workers=workers, say=say,
-                            cache=cache)
+        found = stream.scan(files, members=np.arange(process, len(files), count), say=say, cache=cache)
         if count > 1:
             found = found.merged(_sum_over_processes(found.arrays()))
-        files, skipped = stream.examine(files, found, on_bad_image=on_bad_image)
-        scans[name] = found._replace(means=found.means[found.ok == 1], variances=found.variances[found.ok == 1],
-                                     reasons={i: line for i, line in enumerate(skipped)})
+        files, bad = stream.examine(files, found, on_bad_image=on_bad_image)
+        scans[name] = found
+        skipped.extend(bad)
         return files
 
     try:
@@ -850,11 +854,7 @@ def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None,
     mean = std = np.zeros(0, np.float32)
     if normalize_mode == "standardize":  # the training images' statistics, from the scan's per-image ones
         found = scans[scanned.name]
-        row = {path: i for i, path in enumerate(scanned.paths)}
-        rows = [row[path] for path in train.paths]
-        mean, std = stream.pooled_stats(found.means[rows], found.variances[rows])
-        std = np.where(std < _MIN_STD, 1.0, std)
-        mean, std = mean.astype(np.float32), std.astype(np.float32)
+        mean, std = _as_stats(*stream.pooled_stats(found.means[train.rows], found.variances[train.rows]))
     raw = train.raw_shape
     try:
         if raw != target:
@@ -864,10 +864,9 @@ def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None,
     if fit_method == "resize" and raw[:2] != target[:2]:
         raise fail("fit", f"dataset {train.name!r}: images of shape {raw} are streamed and resized as they are "
                    f"decoded: give `image_size = [{target[0]}, {target[1]}]` in [data] (or `stream = false`)")
-    skipped = tuple(line for found in scans.values() for line in found.reasons.values())
     ready = {"mean": tuple(float(m) for m in mean), "std": tuple(float(s) for s in std),
              "target": target if raw != target else None}
-    train = dataclasses.replace(train, skipped=skipped, **ready)
+    train = dataclasses.replace(train, skipped=tuple(skipped), **ready)
     val, test_set = (dataclasses.replace(part, **ready) for part in (val, test_set))
     recipe = Preprocessing(raw_shape=raw, mean=ready["mean"], std=ready["std"], fit=fit_method,
                            input_shape=target, class_names=tuple(train.class_names))

@@ -318,8 +318,7 @@ def _set_up_data(source: str, workdir: pathlib.Path, model: Model, config: Train
             "this run has none: set data.validation above 0, or early_stopping_patience = 0",
             source=source, key="train.early_stopping_patience")
     to_labels = class_labels(config.loss, model, train.num_classes, source=source)  # e.g. one-hot
-    streamed = isinstance(train, stream_lib.ImageFiles)
-    workers = data_table.get("workers", stream_lib.DEFAULT_WORKERS) if streamed else 0
+    workers = train.workers if isinstance(train, stream_lib.ImageFiles) else 0
     steps_per_epoch = _plan(train, config.batch_size, global_batch).steps
     try:
         compiled = compile(model, dict(config.optimizer), config.loss, config.metrics,

@@ -112,9 +112,13 @@ class ImageFiles:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     target: tuple[int, int, int] | None = None
+    #: the worker processes that decode it (:class:`Feed`, :func:`scan`)
+    workers: int = DEFAULT_WORKERS
     #: a file of the decoded pixels that :func:`scan` wrote (``None``: decode each batch's files),
-    #: example ``i`` at row ``rows[i]`` (``raw_shape`` bytes a row)
+    #: ``raw_shape`` bytes a row
     cache: str | None = None
+    #: each example's row in the folder's listing (its row in :class:`Scan` and in the cache);
+    #: ``None`` on construction: the examples are the listing
     rows: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +126,8 @@ class ImageFiles:
         object.__setattr__(self, "labels", np.asarray(self.labels, np.int32).reshape(-1))
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "skipped", tuple(self.skipped))
+        if self.rows is None:
+            object.__setattr__(self, "rows", np.arange(len(self.paths)))
         if len(self.paths) != self.labels.shape[0]:
             raise ValueError(f"{self.name!r}: {len(self.paths)} files, {self.labels.shape[0]} labels")
 
@@ -137,32 +143,36 @@ class ImageFiles:
         """The examples at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
         return dataclasses.replace(self, paths=tuple(self.paths[i] for i in indices), labels=self.labels[indices],
-                                   rows=None if self.rows is None else self.rows[indices])
+                                   rows=self.rows[indices])
 
     def pixels(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         """The images at ``indices`` as decoded, uint8 ``(len(indices), *raw_shape)``
         (:func:`jaxcnn.folders.pixels`), read from the cache where there is one: what a worker
         sends, a quarter of the floats' bytes."""
         out = np.empty((len(indices), *self.raw_shape), np.uint8)
-        if self.cache is not None and self.rows is not None:
+        if self.cache is not None:
             fd, size = _cache_fd(self.cache), out[0].nbytes if len(out) else 0
             for row, index in enumerate(indices):
                 out[row].reshape(-1)[:] = np.frombuffer(os.pread(fd, size, int(self.rows[int(index)]) * size), np.uint8)
             return out
         for row, index in enumerate(indices):
-            path = pathlib.Path(self.paths[int(index)])
             try:
-                image = folders.pixels(path, channels=self.channels, image_size=self.image_size,
-                                       interpolation=self.interpolation, crop_to_aspect_ratio=self.crop_to_aspect_ratio)
+                image = self.decode(int(index))
             except folders.BadImage as bad:  # readable when the run began (scan), not now
                 raise ConfigError(f"cannot read the image any more ({bad.reason}); it was readable when the run "
                                   "began", source=str(bad.path)) from None
             if image.shape != self.raw_shape:
                 raise ConfigError(f"is now {image.shape[0]}x{image.shape[1]}, not the "
                                   f"{self.raw_shape[0]}x{self.raw_shape[1]} it was when the run began",
-                                  source=str(path))
+                                  source=self.paths[int(index)])
             out[row] = image
         return out
+
+    def decode(self, index: int) -> np.ndarray:
+        """Example ``index`` decoded with this folder's options: :func:`jaxcnn.folders.pixels`
+        (raises :class:`jaxcnn.folders.BadImage`)."""
+        return folders.pixels(pathlib.Path(self.paths[index]), channels=self.channels, image_size=self.image_size,
+                              interpolation=self.interpolation, crop_to_aspect_ratio=self.crop_to_aspect_ratio)
 
     def finish(self, pixels: np.ndarray) -> np.ndarray:
         """:meth:`pixels` as model inputs, float32 ``(N, *shape)``: scaled to [0, 1] (as
@@ -221,9 +231,7 @@ class _ScanSource:
         kept = []
         for k, row in enumerate(rows):
             try:
-                pixels = folders.pixels(pathlib.Path(self.files.paths[row]), channels=channels,
-                                        image_size=self.files.image_size, interpolation=self.files.interpolation,
-                                        crop_to_aspect_ratio=self.files.crop_to_aspect_ratio)
+                pixels = self.files.decode(int(row))
             except folders.BadImage as error:
                 reasons[k] = error.reason
                 continue
@@ -234,14 +242,14 @@ class _ScanSource:
         return rows, shapes, means, variances, reasons, np.concatenate(kept) if kept else np.zeros(0, np.uint8)
 
 
-def scan(files: ImageFiles, *, members: np.ndarray | None = None, workers: int = DEFAULT_WORKERS,
-         say: Callable[[str], None] | None = None, cache: str | os.PathLike[str] | None = None) -> Scan:
-    """Decode the files ``members`` of ``files`` (all: ``None``) once each, in ``workers``
+def scan(files: ImageFiles, *, members: np.ndarray | None = None, say: Callable[[str], None] | None = None,
+         cache: str | os.PathLike[str] | None = None) -> Scan:
+    """Decode the files ``members`` of ``files`` (all: ``None``) once each, in ``files.workers``
     processes, holding none of the images (:func:`examine` then judges what was found). With
     ``cache``, the decoded pixels are written to that file (row ``i``: file ``i``), and training
     reads them there instead of decoding each file again every epoch; a disk without the room for
     them (or images of several sizes) leaves the cache out (``Scan.cache`` is then ``None``)."""
-    n, channels = len(files), files.channels
+    n, channels, workers = len(files), files.channels, files.workers
     members = np.arange(n) if members is None else np.asarray(members, np.int64)
     if say is not None and len(members) >= 10 * SCAN_CHUNK:
         say(f"checking {len(members):,} images of {files.name} (each decoded once, {plural(workers, 'worker')})")
@@ -251,12 +259,12 @@ def scan(files: ImageFiles, *, members: np.ndarray | None = None, workers: int =
     try:
         for rows, shapes, means, variances, reasons, pixels in _iterate(
                 _ScanSource(files, members, keep_pixels=writer is not None), workers):
+            readable = np.asarray([not reason for reason in reasons], bool)
             found.done[rows] = 1
-            found.ok[rows] = [not reason for reason in reasons]
+            found.ok[rows] = readable
             found.shapes[rows], found.means[rows], found.variances[rows] = shapes, means, variances
             found.reasons.update((int(row), reason) for row, reason in zip(rows, reasons) if reason)
             if writer is not None:
-                readable = [not reason for reason in reasons]
                 writer.write(rows[readable], shapes[readable], pixels)
     finally:
         if writer is not None:
@@ -343,8 +351,7 @@ def examine(files: ImageFiles, found: Scan, *, on_bad_image: str = "refuse") -> 
                           "in [data] to resize them", source=files.name)
     skipped = [f"{files.paths[int(row)]}: {reason(int(row))}" for row in bad]
     shape = tuple(int(d) for d in sizes[0])
-    files = dataclasses.replace(files, rows=np.arange(len(files)) if found.cache else None, cache=found.cache)
-    return dataclasses.replace(files.take(kept), raw_shape=shape), skipped  # type: ignore[arg-type]
+    return dataclasses.replace(files.take(kept), raw_shape=shape, cache=found.cache), skipped  # type: ignore[arg-type]
 
 
 def pooled_stats(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
