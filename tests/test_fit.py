@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -167,8 +168,11 @@ def test_a_crashed_run_resumes_exactly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_parameters(tmp_path):
-    config = write_config(tmp_path, epochs=8, limit=300, augment=True)
+def kill_mid_run_and_resume(config: pathlib.Path, tmp_path: pathlib.Path, *, at_step: int,
+                            watch: Callable[[subprocess.Popen], None] | None = None) -> tuple[dict, dict]:
+    """``jaxcnn train`` of ``config`` run whole, and run again, killed with SIGKILL once it has a
+    checkpoint of ``at_step`` or later (``watch(process)`` called as it runs), then resumed: the
+    results of the whole and of the resumed run."""
     command = [sys.executable, "-m", "jaxcnn.cli", "train", str(config), "--workdir"]
     whole = subprocess.run([*command, str(tmp_path / "whole"), "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr
@@ -178,9 +182,11 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_parameters(tmp_path
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        if watch is not None:
+            watch(proc)
         steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()] \
             if (workdir / "checkpoints").exists() else []
-        if steps and max(steps) >= 12:
+        if steps and max(steps) >= at_step:
             break
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
@@ -191,8 +197,12 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_parameters(tmp_path
     resumed = subprocess.run([*command, str(workdir)], cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from the checkpoint of step" in resumed.stderr
-    a = json.loads((tmp_path / "whole" / "results.json").read_text())
-    b = json.loads((workdir / "results.json").read_text())
+    return (json.loads((tmp_path / "whole" / "results.json").read_text()),
+            json.loads((workdir / "results.json").read_text()))
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_parameters(tmp_path):
+    a, b = kill_mid_run_and_resume(write_config(tmp_path, epochs=8, limit=300, augment=True), tmp_path, at_step=12)
     assert a["params_sha256"] == b["params_sha256"]
     assert a["steps"] == b["steps"] == 8 * 10  # 300 examples in batches of 32
 
