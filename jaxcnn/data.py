@@ -820,7 +820,7 @@ def _streamed_folder(where: pathlib.Path, parts: dict[str, pathlib.Path] | None,
         found = stream.scan(files, members=np.arange(process, len(files), count), say=say, cache=cache)
         if count > 1:
             found = found.merged(_sum_over_processes(found.arrays()))
-        files, bad = stream.examine(files, found, on_bad_image=on_bad_image)
+        files, bad = stream.examine(files, found, on_bad_image=on_bad_image, folder=folder)
         scans[name] = found
         skipped.extend(bad)
         return files

@@ -327,10 +327,13 @@ def _cache_fd(path: str) -> int:
     return _CACHE_FDS[key]
 
 
-def examine(files: ImageFiles, found: Scan, *, on_bad_image: str = "refuse") -> tuple[ImageFiles, list[str]]:
+def examine(files: ImageFiles, found: Scan, *, on_bad_image: str = "refuse",
+            folder: str | os.PathLike[str] | None = None) -> tuple[ImageFiles, list[str]]:
     """``files`` without its unreadable images, with its decoded shape, and the skipped ones
-    (``path: reason``). Refused (``ConfigError``): an unreadable image where ``on_bad_image =
-    "refuse"``, images of several sizes (two of them named), no readable image."""
+    (``path: reason``). Refused (``ConfigError``, naming the file, or the ``folder`` the files were
+    listed from): an unreadable image where ``on_bad_image = "refuse"``, images of several sizes
+    (two of them named), no readable image."""
+    where = str(folder) if folder is not None else files.name
     bad = np.flatnonzero(found.ok == 0)
 
     def reason(row: int) -> str:
@@ -341,14 +344,14 @@ def examine(files: ImageFiles, found: Scan, *, on_bad_image: str = "refuse") -> 
                           "leave such files out", source=files.paths[int(bad[0])])
     kept = np.flatnonzero(found.ok)
     if not len(kept):
-        raise ConfigError(f"holds no readable image ({plural(len(bad), 'file')} skipped)", source=files.name)
+        raise ConfigError(f"holds no readable image ({plural(len(bad), 'file')} skipped)", source=where)
     sizes = found.shapes[kept]
     other = np.flatnonzero((sizes != sizes[0]).any(axis=1))
     if len(other):
         a, b = kept[0], kept[other[0]]
         raise ConfigError(f"holds images of several sizes ({sizes[0][0]}x{sizes[0][1]} in {files.paths[a]}, "
                           f"{found.shapes[b][0]}x{found.shapes[b][1]} in {files.paths[b]}): give `image_size = [H, W]` "
-                          "in [data] to resize them", source=files.name)
+                          "in [data] to resize them", source=where)
     skipped = [f"{files.paths[int(row)]}: {reason(int(row))}" for row in bad]
     shape = tuple(int(d) for d in sizes[0])
     return dataclasses.replace(files.take(kept), raw_shape=shape, cache=found.cache), skipped  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import time
 
 import numpy as np
@@ -235,7 +236,7 @@ def test_a_streamed_folders_bad_images_and_sizes_are_found_before_training(tmp_p
     train, _, _, _ = prepare_from_config({**table, "on_bad_image": "skip"}, input_shape=(8, 8, 1), seed=0)
     assert len(train) == 40 and len(train.skipped) == 1 and train.skipped[0].startswith(str(root / "3" / "truncated.png"))
     Image.fromarray(np.zeros((9, 8), np.uint8), "L").save(root / "3" / "tall.png")
-    with pytest.raises(ConfigError, match=r"holds images of several sizes \(8x8 in .*, 9x8 in .*tall.png\)"):
+    with pytest.raises(ConfigError, match=re.escape(f"{root}: ") + r"holds images of several sizes \(8x8 in .*, 9x8 in .*tall.png\)"):
         prepare_from_config({**table, "on_bad_image": "skip"}, input_shape=(8, 8, 1), seed=0)
     with pytest.raises(ConfigError, match=r"streamed and resized as they are decoded: give `image_size = \[12, 12\]`"):
         prepare_from_config({**table, "on_bad_image": "skip", "image_size": [9, 9], "fit": "resize"},
